@@ -1,0 +1,118 @@
+//! The TOML file's shape, read by serde with `deny_unknown_fields` so a
+//! misspelt key is an error that names it. Values stay close to what the user
+//! wrote (strings, signed integers); [`super::validate`] turns them into
+//! runtime types and explains what is wrong with the key path.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[runtime]`: workers, buffers, shutdown.
+    #[serde(default)]
+    pub runtime: FileRuntime,
+    /// `[listeners.NAME]`: where clients connect.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, FileListener>,
+    /// `[services.NAME]`: where connections go.
+    #[serde(default)]
+    pub services: BTreeMap<String, FileService>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRuntime {
+    /// Worker threads; 0 means one per available core.
+    #[serde(default)]
+    pub workers: i64,
+    /// Bytes of buffer per direction of a connection.
+    #[serde(default = "default_buffer_size")]
+    pub buffer_size: i64,
+    /// How long open connections may finish after SIGTERM/SIGINT.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: String,
+    /// The listen(2) backlog of every listener socket.
+    #[serde(default = "default_backlog")]
+    pub backlog: i64,
+}
+
+impl Default for FileRuntime {
+    fn default() -> Self {
+        FileRuntime {
+            workers: 0,
+            buffer_size: default_buffer_size(),
+            drain_timeout: default_drain_timeout(),
+            backlog: default_backlog(),
+        }
+    }
+}
+
+/// `[listeners.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    /// `IP:port` to listen on.
+    pub listen: String,
+    /// The name of the service that gets this listener's connections.
+    pub service: String,
+}
+
+/// `[services.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileService {
+    /// The balancing policy's name.
+    #[serde(default = "default_balance")]
+    pub balance: String,
+    /// How long one connect attempt may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Close a connection that moved no bytes either way for this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    /// Distinct endpoints tried before the client is closed.
+    #[serde(default = "default_connect_attempts")]
+    pub connect_attempts: i64,
+    /// The service's endpoints; may be empty (the registry may fill it later).
+    #[serde(default)]
+    pub endpoints: Vec<FileEndpoint>,
+}
+
+/// One entry of `endpoints = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEndpoint {
+    /// `IP:port` of the upstream.
+    pub addr: String,
+    /// Relative share of new connections.
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+}
+
+fn default_buffer_size() -> i64 {
+    65536
+}
+fn default_drain_timeout() -> String {
+    "30s".to_string()
+}
+fn default_backlog() -> i64 {
+    1024
+}
+fn default_balance() -> String {
+    "round_robin".to_string()
+}
+fn default_connect_timeout() -> String {
+    "1s".to_string()
+}
+fn default_idle_timeout() -> String {
+    "1h".to_string()
+}
+fn default_connect_attempts() -> i64 {
+    3
+}
+fn default_weight() -> i64 {
+    1
+}

@@ -1,0 +1,128 @@
+//! Configuration: the TOML file's shape ([`file`]), its validation into the
+//! runtime types below ([`validate`]), and errors that explain themselves.
+
+mod duration;
+mod error;
+pub mod file;
+mod validate;
+
+pub use duration::parse_duration;
+pub use error::{ConfigError, Problem};
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A validated configuration: every value has its runtime type and meets its
+/// invariants, so nothing downstream re-checks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+    /// `[listeners.*]`, sorted by name.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[services.*]`, sorted by name.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[runtime]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Worker threads (0 in the file is resolved to the core count).
+    pub workers: usize,
+    /// Bytes of buffer per direction of a connection.
+    pub buffer_size: usize,
+    /// How long open connections may finish after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+    /// The listen(2) backlog.
+    pub backlog: u32,
+}
+
+/// One `[listeners.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// The table name.
+    pub name: String,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The service its connections go to (known to exist).
+    pub service: String,
+}
+
+/// The balancing policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancePolicy {
+    /// Smooth weighted round robin (nginx's algorithm).
+    RoundRobin,
+    /// Weighted random.
+    Random,
+}
+
+impl BalancePolicy {
+    /// Every policy with its config name.
+    pub const ALL: [(&'static str, BalancePolicy); 2] = [
+        ("round_robin", BalancePolicy::RoundRobin),
+        ("random", BalancePolicy::Random),
+    ];
+}
+
+/// One `[services.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The table name.
+    pub name: String,
+    /// How endpoints are picked.
+    pub balance: BalancePolicy,
+    /// How long one connect attempt may take.
+    pub connect_timeout: Duration,
+    /// Close a connection with no bytes either way for this long.
+    pub idle_timeout: Duration,
+    /// Distinct endpoints tried for one client.
+    pub connect_attempts: NonZeroU32,
+    /// The endpoints, in file order.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One endpoint, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// Upstream address.
+    pub addr: SocketAddr,
+    /// Relative share of new connections, 1 to [`MAX_WEIGHT`].
+    pub weight: u32,
+}
+
+/// The largest endpoint weight (as HAProxy's 256): it keeps the round-robin
+/// schedule, whose length is the sum of the weights, small.
+pub const MAX_WEIGHT: u32 = 256;
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only names it in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: file::FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        validate::validate(file, path).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}

@@ -1,0 +1,336 @@
+//! Turns the file's shape into a [`Config`], collecting every problem with
+//! the key path, the value, the reason and the fix.
+
+use super::file::{FileConfig, FileEndpoint, FileListener, FileRuntime, FileService};
+use super::{
+    BalancePolicy, Config, EndpointConfig, ListenerConfig, MAX_WEIGHT, Problem, RuntimeConfig,
+    ServiceConfig, parse_duration,
+};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+/// Collects problems while values are converted.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: &str, value: impl ToString, reason: &str, fix: &str) {
+        self.0.push(Problem {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+            fix: fix.to_string(),
+        });
+    }
+
+    /// Checks an integer against an inclusive range.
+    fn integer(&mut self, key: &str, value: i64, min: i64, max: i64, fix: &str) -> Option<i64> {
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            let reason = format!("it must be from {min} to {max}");
+            self.push(key, value, &reason, fix);
+            None
+        }
+    }
+
+    fn duration(&mut self, key: &str, text: &str, min: Duration) -> Option<Duration> {
+        match parse_duration(text) {
+            Ok(d) if d >= min => Some(d),
+            Ok(_) => {
+                let reason = format!("it must be at least {}ms", min.as_millis());
+                self.push(key, quoted(text), &reason, "use a longer duration");
+                None
+            }
+            Err(why) => {
+                let reason = format!("not a duration: {why}");
+                let fix = "write a whole number and a unit: \"500ms\", \"2s\", \"5m\" or \"1h\"";
+                self.push(key, quoted(text), &reason, fix);
+                None
+            }
+        }
+    }
+
+    fn address(&mut self, key: &str, text: &str, allow_port_zero: bool) -> Option<SocketAddr> {
+        let fix = "write an IP address and a port, like \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)";
+        match text.trim().parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 && !allow_port_zero => {
+                self.push(key, quoted(text), "port 0 cannot be connected to", fix);
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.push(key, quoted(text), "not an IP:port address", fix);
+                None
+            }
+        }
+    }
+}
+
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// Validates the whole file; every problem is reported, not just the first.
+pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
+    let mut problems = Problems::default();
+    let runtime = runtime(&file.runtime, &mut problems);
+    let services: Vec<_> = file
+        .services
+        .iter()
+        .filter_map(|(name, s)| service(name, s, &mut problems))
+        .collect();
+    let listeners = listeners(&file, &mut problems);
+    match runtime {
+        Some(runtime) if problems.0.is_empty() => Ok(Config {
+            path: path.to_path_buf(),
+            runtime,
+            listeners,
+            services,
+        }),
+        _ => Err(problems.0),
+    }
+}
+
+fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig> {
+    let workers = problems.integer(
+        "runtime.workers",
+        file.workers,
+        0,
+        1024,
+        "use 0 for one worker per core, or the number of worker threads",
+    );
+    let buffer_size = problems.integer(
+        "runtime.buffer_size",
+        file.buffer_size,
+        4096,
+        16 << 20,
+        "use 65536; smaller buffers cost throughput",
+    );
+    let drain_timeout =
+        problems.duration("runtime.drain_timeout", &file.drain_timeout, Duration::ZERO);
+    let backlog = problems.integer(
+        "runtime.backlog",
+        file.backlog,
+        1,
+        65535,
+        "use 1024 or more; the kernel caps it at net.core.somaxconn",
+    );
+    let workers = match workers? {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    };
+    Some(RuntimeConfig {
+        workers,
+        buffer_size: buffer_size? as usize,
+        drain_timeout: drain_timeout?,
+        backlog: backlog? as u32,
+    })
+}
+
+fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> {
+    let mut out: Vec<ListenerConfig> = Vec::new();
+    for (name, FileListener { listen, service }) in &file.listeners {
+        let key = format!("listeners.{name}");
+        let addr = problems.address(&format!("{key}.listen"), listen, true);
+        if !file.services.contains_key(service) {
+            let known: Vec<_> = file.services.keys().map(String::as_str).collect();
+            let fix = if known.is_empty() {
+                format!("add a [services.{service}] table")
+            } else {
+                format!(
+                    "use one of: {}, or add a [services.{service}] table",
+                    known.join(", ")
+                )
+            };
+            problems.push(
+                &format!("{key}.service"),
+                quoted(service),
+                "no service has this name",
+                &fix,
+            );
+        }
+        let Some(addr) = addr else { continue };
+        if let Some(other) = out.iter().find(|l| same_listen_address(l.listen, addr)) {
+            problems.push(
+                &format!("{key}.listen"),
+                quoted(listen),
+                &format!(
+                    "listeners.{} already listens on {}",
+                    other.name, other.listen
+                ),
+                "give each listener its own address or port",
+            );
+            continue;
+        }
+        out.push(ListenerConfig {
+            name: name.clone(),
+            listen: addr,
+            service: service.clone(),
+        });
+    }
+    out
+}
+
+/// Two listen addresses collide when their ports match (port 0 asks the
+/// kernel for a fresh one, so it never collides) and their IPs match or
+/// either is the wildcard of the same family.
+fn same_listen_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn service(name: &str, file: &FileService, problems: &mut Problems) -> Option<ServiceConfig> {
+    let key = format!("services.{name}");
+    let balance = BalancePolicy::ALL
+        .iter()
+        .find(|(n, _)| *n == file.balance)
+        .map(|(_, p)| *p);
+    if balance.is_none() {
+        let names: Vec<_> = BalancePolicy::ALL.iter().map(|(n, _)| *n).collect();
+        problems.push(
+            &format!("{key}.balance"),
+            quoted(&file.balance),
+            "not a balancing policy",
+            &format!("use one of: {}", names.join(", ")),
+        );
+    }
+    let connect_timeout = problems.duration(
+        &format!("{key}.connect_timeout"),
+        &file.connect_timeout,
+        Duration::from_millis(1),
+    );
+    let idle_timeout = problems.duration(
+        &format!("{key}.idle_timeout"),
+        &file.idle_timeout,
+        Duration::from_millis(1),
+    );
+    let attempts = problems.integer(
+        &format!("{key}.connect_attempts"),
+        file.connect_attempts,
+        1,
+        100,
+        "use 1 to try one endpoint only, or more to fail over to others",
+    );
+    let endpoints: Vec<_> = file
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| endpoint(&format!("{key}.endpoints[{i}]"), e, problems))
+        .collect();
+    for (i, e) in endpoints.iter().enumerate() {
+        if endpoints[..i].iter().any(|earlier| earlier.addr == e.addr) {
+            problems.push(
+                &format!("{key}.endpoints[{i}].addr"),
+                quoted(&e.addr.to_string()),
+                "this endpoint is listed twice",
+                "list each address once and use weight to give it a larger share",
+            );
+        }
+    }
+    Some(ServiceConfig {
+        name: name.to_string(),
+        balance: balance?,
+        connect_timeout: connect_timeout?,
+        idle_timeout: idle_timeout?,
+        connect_attempts: NonZeroU32::new(attempts? as u32)?,
+        endpoints,
+    })
+}
+
+fn endpoint(key: &str, file: &FileEndpoint, problems: &mut Problems) -> Option<EndpointConfig> {
+    let addr = problems.address(&format!("{key}.addr"), &file.addr, false);
+    let weight = problems.integer(
+        &format!("{key}.weight"),
+        file.weight,
+        1,
+        i64::from(MAX_WEIGHT),
+        "use a weight from 1 to 256; to stop sending traffic to it, remove the endpoint",
+    );
+    Some(EndpointConfig {
+        addr: addr?,
+        weight: weight? as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("t.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn it_should_accept_the_documented_example_with_defaults() {
+        let text = r#"
+            [listeners.web]
+            listen = "127.0.0.1:8080"
+            service = "web"
+            [services.web]
+            endpoints = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 3 }]
+        "#;
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.runtime.buffer_size, 65536);
+        assert_eq!(config.runtime.backlog, 1024);
+        assert!(config.runtime.workers >= 1);
+        let web = config.service("web").unwrap();
+        assert_eq!(web.connect_attempts.get(), 3);
+        assert_eq!(web.endpoints[1].weight, 3);
+    }
+
+    #[test]
+    fn it_should_report_every_problem_at_once() {
+        let text = r#"
+            [runtime]
+            workers = -1
+            [listeners.a]
+            listen = "nowhere"
+            service = "missing"
+            [services.web]
+            connect_attempts = 0
+            endpoints = [{ addr = "127.0.0.1:1", weight = 0 }]
+        "#;
+        let found = problems(text);
+        assert_eq!(found.len(), 5, "{found:#?}");
+    }
+
+    #[test]
+    fn it_should_treat_a_wildcard_and_a_specific_ip_on_one_port_as_a_clash() {
+        let text = r#"
+            [listeners.a]
+            listen = "0.0.0.0:8080"
+            service = "s"
+            [listeners.b]
+            listen = "127.0.0.1:8080"
+            service = "s"
+            [services.s]
+        "#;
+        let found = problems(text);
+        assert!(found[0].contains("already listens"), "{found:?}");
+    }
+
+    #[test]
+    fn it_should_let_many_listeners_ask_for_port_zero() {
+        let text = r#"
+            [listeners.a]
+            listen = "127.0.0.1:0"
+            service = "s"
+            [listeners.b]
+            listen = "127.0.0.1:0"
+            service = "s"
+            [services.s]
+        "#;
+        assert!(Config::parse(text, Path::new("t.toml")).is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+//! l4mesh: a thread-per-core L4 TCP proxy on io_uring.
+//!
+//! The binary in `main.rs` only parses arguments; everything else lives here so
+//! tests drive the real proxy: [`config`] turns a TOML file into validated
+//! runtime types, [`control`] builds the immutable routing [`control::Snapshot`]
+//! published through `arc-swap`, [`balance`] picks endpoints, [`proxy`] accepts,
+//! connects and forwards, and [`runtime`] runs one worker per core.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod balance;
+pub mod config;
+pub mod control;
+pub mod proxy;
+pub mod runtime;
+
+pub use config::Config;
+pub use runtime::{Proxy, StartError};

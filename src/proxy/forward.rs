@@ -1,0 +1,144 @@
+//! Copy-path forwarding: both directions run concurrently, each reusing one
+//! owned buffer that every io_uring read and write hands back.
+//!
+//! EOF on one side becomes `shutdown(Write)` on the other (half-close) while
+//! the other direction keeps flowing; an error on either side shuts both
+//! sockets down so the other direction's pending read returns. Dropping an
+//! in-flight tokio-uring read does not cancel it in the kernel, so every way
+//! out (idle timeout, drain) shuts the sockets down first and then waits for
+//! both directions to return their buffers.
+
+use super::buffers::BufferPool;
+use std::cell::Cell;
+use std::io;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// How a forwarded connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides closed their write side: the normal end.
+    Closed,
+    /// No bytes moved either way for `idle_timeout`.
+    Idle,
+    /// Closed by a graceful shutdown that ran out of time.
+    Drained,
+    /// A read or write failed (a reset, usually).
+    Error(io::Error),
+}
+
+/// What a forwarded connection moved and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Bytes from the client to the upstream.
+    pub rx: u64,
+    /// Bytes from the upstream to the client.
+    pub tx: u64,
+    /// How it ended.
+    pub end: End,
+}
+
+/// Forwards between `client` and `upstream` until both directions end, the
+/// connection idles for `idle_timeout`, or `drain` turns true.
+pub async fn forward(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    buffers: &BufferPool,
+    idle_timeout: Duration,
+    mut drain: watch::Receiver<bool>,
+) -> Outcome {
+    let last_active = Cell::new(Instant::now());
+    let both = async {
+        tokio::join!(
+            pump(client, upstream, buffers, &last_active),
+            pump(upstream, client, buffers, &last_active)
+        )
+    };
+    tokio::pin!(both);
+    let forced = tokio::select! {
+        (up, down) = &mut both => return outcome(up, down, None),
+        () = idle(&last_active, idle_timeout) => End::Idle,
+        _ = drain.wait_for(|draining| *draining) => End::Drained,
+    };
+    close(client, upstream);
+    let (up, down) = both.await;
+    outcome(up, down, Some(forced))
+}
+
+fn outcome(up: Pumped, down: Pumped, forced: Option<End>) -> Outcome {
+    let end = match (forced, up.error, down.error) {
+        (Some(end), _, _) => end,
+        (None, Some(e), _) | (None, None, Some(e)) => End::Error(e),
+        (None, None, None) => End::Closed,
+    };
+    Outcome {
+        rx: up.bytes,
+        tx: down.bytes,
+        end,
+    }
+}
+
+/// What one direction moved, and the error that stopped it, if any.
+struct Pumped {
+    bytes: u64,
+    error: Option<io::Error>,
+}
+
+/// Copies `from` → `to` until EOF (then half-closes `to`) or an error (then
+/// shuts both sockets down, which ends the other direction too).
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    buffers: &BufferPool,
+    last_active: &Cell<Instant>,
+) -> Pumped {
+    let mut buffer = buffers.take();
+    let mut bytes = 0u64;
+    let error = loop {
+        let (read, returned) = from.read(buffer).await;
+        buffer = returned;
+        let n = match read {
+            Ok(0) => {
+                // The peer may be gone already; then there is nothing to tell.
+                let _ = to.shutdown(Shutdown::Write);
+                break None;
+            }
+            Ok(n) => n,
+            Err(e) => break Some(e),
+        };
+        last_active.set(Instant::now());
+        let (written, slice) = to.write_all(buffer.slice(..n)).await;
+        buffer = slice.into_inner();
+        if let Err(e) = written {
+            break Some(e);
+        }
+        bytes += n as u64;
+        last_active.set(Instant::now());
+    };
+    buffers.give_back(buffer);
+    if error.is_some() {
+        close(from, to);
+    }
+    Pumped { bytes, error }
+}
+
+/// Shuts both sockets down both ways, so pending reads on them return.
+fn close(a: &TcpStream, b: &TcpStream) {
+    // Errors here mean a socket is already closed, which is the goal.
+    let _ = a.shutdown(Shutdown::Both);
+    let _ = b.shutdown(Shutdown::Both);
+}
+
+/// Completes once no byte has moved for `timeout`.
+async fn idle(last_active: &Cell<Instant>, timeout: Duration) {
+    loop {
+        let deadline = last_active.get() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}

@@ -1,0 +1,46 @@
+//! Listener sockets: one `SO_REUSEPORT` socket per worker for each
+//! configured listener, all on the same address, so the kernel spreads new
+//! connections over the workers without any shared accept lock.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+/// Binds `count` sockets to `addr` with `SO_REUSEPORT`. When `addr` has port
+/// 0, the first socket picks the port and the others join it.
+pub fn bind_group(addr: SocketAddr, count: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
+    let first = bind_one(addr, backlog)?;
+    let addr = first.local_addr()?;
+    let mut group = vec![first];
+    for _ in 1..count {
+        group.push(bind_one(addr, backlog)?);
+    }
+    Ok(group)
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_should_share_one_port_between_the_group() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &group {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+        }
+    }
+}

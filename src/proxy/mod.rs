@@ -1,0 +1,8 @@
+//! The data path: binding listener sockets, connecting upstream with
+//! failover, and forwarding bytes both ways for one connection.
+
+pub mod buffers;
+pub mod connect;
+pub mod forward;
+pub mod listener;
+pub mod session;

@@ -1,0 +1,106 @@
+//! One worker thread: its own tokio-uring runtime (its own ring), one
+//! accept loop per listener on its own `SO_REUSEPORT` socket, and the
+//! connections it accepted, which live and die here.
+
+use super::accept::accept_loop;
+use crate::control::Table;
+use crate::proxy::buffers::BufferPool;
+use crate::proxy::session::WorkerState;
+use crossbeam_channel::Sender;
+use std::io;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Idle buffers a worker keeps for reuse.
+const POOLED_BUFFERS: usize = 256;
+
+/// Everything a worker thread needs, built by the main thread.
+#[derive(Debug)]
+pub struct WorkerPlan {
+    /// The worker's index.
+    pub index: usize,
+    /// This worker's socket for each listener, by listener name.
+    pub sockets: Vec<(String, TcpListener)>,
+    /// The published routing table.
+    pub table: Table,
+    /// Bytes per forwarding buffer.
+    pub buffer_size: usize,
+    /// How long open connections may finish after a stop.
+    pub drain_timeout: Duration,
+    /// Turns true on graceful shutdown.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
+/// once its runtime is up, or the error that kept it from starting.
+pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
+    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    runtime.block_on(serve(plan));
+}
+
+async fn serve(plan: WorkerPlan) {
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let worker = Rc::new(WorkerState::new(
+        plan.index,
+        plan.table,
+        BufferPool::new(plan.buffer_size, POOLED_BUFFERS),
+        drain_rx,
+    ));
+    let loops: Vec<_> = plan
+        .sockets
+        .into_iter()
+        .map(|(name, socket)| {
+            tokio_uring::spawn(accept_loop(
+                socket,
+                Rc::from(name),
+                Rc::clone(&worker),
+                plan.stop.clone(),
+            ))
+        })
+        .collect();
+    for accept in loops {
+        // A panicked accept loop has already been reported by the panic hook.
+        let _ = accept.await;
+    }
+    drain(&worker, plan.drain_timeout, &drain_tx).await;
+}
+
+/// Waits for open connections to finish, up to `timeout`, then closes the
+/// rest.
+async fn drain(worker: &WorkerState, timeout: Duration, drain_tx: &watch::Sender<bool>) {
+    const POLL: Duration = Duration::from_millis(20);
+    let deadline = Instant::now() + timeout;
+    if worker.open.get() > 0 {
+        log::info!(
+            "worker {}: waiting up to {timeout:?} for {} open connection(s)",
+            worker.index,
+            worker.open.get()
+        );
+    }
+    while worker.open.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
+    if worker.open.get() == 0 {
+        return;
+    }
+    log::warn!(
+        "worker {}: drain_timeout reached; closing {} open connection(s)",
+        worker.index,
+        worker.open.get()
+    );
+    let _ = drain_tx.send(true);
+    // Closing is immediate; connections still connecting end with the runtime.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while worker.open.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
+}
