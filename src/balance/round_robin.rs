@@ -72,7 +72,7 @@ mod tests {
     fn it_should_interleave_like_nginx() {
         // nginx's documented example: weights a=5, b=1, c=1 give a a b a c a a.
         assert_eq!(schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(schedule(&[2, 6]), vec![1, 1, 0, 1]);
+        assert_eq!(schedule(&[2, 6]), vec![1, 0, 1, 1]);
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(value),
             "m" => Duration::from_secs(value.saturating_mul(60)),
             "h" => Duration::from_secs(value.saturating_mul(3600)),
+            "" if tail.starts_with('.') => {
+                return Err(format!(
+                    "`{text}` has a fraction; use a smaller unit instead, like \"1500ms\""
+                ));
+            }
             "" => return Err(format!("the number `{number}` has no unit")),
             other => return Err(format!("`{other}` is not a unit (use ms, s, m or h)")),
         };
@@ -55,7 +60,7 @@ mod tests {
     fn it_should_explain_what_is_wrong() {
         assert!(parse_duration("").unwrap_err().contains("empty"));
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
-        assert!(parse_duration("1.5s").unwrap_err().contains("`.5s`"));
+        assert!(parse_duration("1.5s").unwrap_err().contains("fraction"));
         assert!(
             parse_duration("3d")
                 .unwrap_err()

@@ -1,0 +1,214 @@
+//! Test harness: real loopback backends, the proxy as a library and as the
+//! real binary, and polling against deadlines instead of sleeping.
+#![allow(dead_code)] // each test file uses part of the harness
+
+use l4mesh::{Config, Proxy};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it is true or `within` passes; panics with `what`.
+pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a backend on a fresh loopback port that runs `handle` for every
+/// connection, each on its own thread.
+pub fn backend(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = Arc::new(handle);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handle = Arc::clone(&handle);
+            thread::spawn(move || handle(stream));
+        }
+    });
+    addr
+}
+
+/// A backend that echoes every byte and half-closes after the client does.
+pub fn echo_backend() -> SocketAddr {
+    backend(|mut stream| {
+        let mut reader = stream.try_clone().unwrap();
+        let _ = std::io::copy(&mut reader, &mut stream);
+        let _ = stream.shutdown(Shutdown::Write);
+    })
+}
+
+/// A backend that writes its name and closes.
+pub fn named_backend(name: &'static str) -> SocketAddr {
+    backend(move |mut stream| {
+        let _ = stream.write_all(name.as_bytes());
+    })
+}
+
+/// A loopback address where nothing listens (connections are refused).
+pub fn refusing_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Builds config text for one listener `web` on port 0 in front of service
+/// `web` with these endpoints (`addr` or `addr weight`), plus `extra` keys
+/// for the service.
+pub fn config_text(endpoints: &[(SocketAddr, u32)], service_extra: &str) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+        .collect();
+    format!(
+        "[runtime]\nworkers = 2\ndrain_timeout = \"5s\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n\
+         [services.web]\n{service_extra}\nendpoints = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// Starts the proxy library on config text.
+pub fn start_proxy(text: &str) -> Proxy {
+    let config = Config::parse(text, Path::new("test.toml")).unwrap();
+    Proxy::start(&config).unwrap()
+}
+
+/// Connects to the proxy's `web` listener.
+pub fn connect(proxy: &Proxy) -> TcpStream {
+    let stream = TcpStream::connect(proxy.local_addr("web").unwrap()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Reads until EOF, as a string.
+pub fn read_all(stream: &mut TcpStream) -> String {
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The real `l4mesh` binary, running, with its stderr collected.
+pub struct Binary {
+    /// The process.
+    pub child: Child,
+    /// Every stderr line so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Writes `text` to a config file in a temp dir and runs
+    /// `prefix... l4mesh -c FILE`, waiting until listener `web` is up.
+    pub fn start(text: &str, prefix: &[&str]) -> Binary {
+        let dir = std::env::temp_dir().join(format!(
+            "l4mesh-test-{}-{}",
+            std::process::id(),
+            fastrand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("l4mesh.toml");
+        std::fs::write(&file, text).unwrap();
+        let exe = env!("CARGO_BIN_EXE_l4mesh");
+        let mut command = match prefix {
+            [] => Command::new(exe),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+        };
+        let mut child = command
+            .arg("-c")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("l4mesh: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let binary = Binary { child, lines };
+        binary.wait_for_line(Duration::from_secs(10), "serving with");
+        binary
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    pub fn wait_for_line(&self, within: Duration, needle: &str) -> String {
+        let mut found = String::new();
+        eventually(
+            within,
+            &format!("a log line with {needle:?}"),
+            || match self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                Some(line) => {
+                    found = line.clone();
+                    true
+                }
+                None => false,
+            },
+        );
+        found
+    }
+
+    /// How many stderr lines contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The address listener `web` logged.
+    pub fn addr(&self) -> SocketAddr {
+        let line = self.wait_for_line(Duration::from_secs(5), "listener web on ");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// CPU seconds (user + system) the process has used.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}

@@ -1,0 +1,116 @@
+//! Forwarding over real loopback sockets: exact bytes, half-close both ways,
+//! resets, and services without endpoints.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can hash them.
+fn pattern(seed: &mut u64, chunk: &mut [u8]) {
+    for b in chunk.iter_mut() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *b = *seed as u8;
+    }
+}
+
+#[test]
+fn it_should_echo_100_megabytes_exactly() {
+    const TOTAL: usize = 100 << 20;
+    let proxy = start_proxy(&config_text(&[(echo_backend(), 1)], ""));
+    let mut client = connect(&proxy);
+    let mut writer = client.try_clone().unwrap();
+    let sent = thread::spawn(move || {
+        let (mut seed, mut hash, mut chunk) =
+            (0x9E37_79B9_7F4A_7C15u64, Sha256::new(), vec![0; 1 << 16]);
+        for _ in 0..TOTAL / chunk.len() {
+            pattern(&mut seed, &mut chunk);
+            hash.update(&chunk);
+            writer.write_all(&chunk).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+        hash.finalize()
+    });
+    let (mut received, mut hash, mut chunk) = (0, Sha256::new(), vec![0; 1 << 16]);
+    loop {
+        let n = client.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&chunk[..n]);
+        received += n;
+    }
+    assert_eq!(received, TOTAL);
+    assert_eq!(hash.finalize(), sent.join().unwrap());
+}
+
+#[test]
+fn it_should_pass_the_clients_eof_on_and_still_carry_the_reply() {
+    // The upstream answers only after it reads EOF.
+    let upstream = backend(|mut s| {
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).unwrap();
+        s.write_all(format!("got {} bytes", request.len()).as_bytes())
+            .unwrap();
+    });
+    let proxy = start_proxy(&config_text(&[(upstream, 1)], ""));
+    let mut client = connect(&proxy);
+    client.write_all(&[7; 5000]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut client), "got 5000 bytes");
+}
+
+#[test]
+fn it_should_keep_carrying_the_clients_bytes_after_the_upstream_closes_its_side() {
+    let (got_tx, got_rx) = mpsc::channel();
+    let upstream = backend(move |mut s| {
+        s.write_all(b"bye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        got_tx.send(rest).unwrap();
+    });
+    let proxy = start_proxy(&config_text(&[(upstream, 1)], ""));
+    let mut client = connect(&proxy);
+    assert_eq!(read_all(&mut client), "bye");
+    client.write_all(b"still talking").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let rest = got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(rest, b"still talking");
+}
+
+#[test]
+fn it_should_close_the_client_when_the_upstream_resets() {
+    let upstream = backend(|s| {
+        let mut buf = [0; 5];
+        (&s).read_exact(&mut buf).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s); // RST
+    });
+    let proxy = start_proxy(&config_text(&[(upstream, 1)], ""));
+    let mut client = connect(&proxy);
+    client.write_all(b"hello").unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    // EOF or a reset: either way the client learns quickly that it is over.
+    let _ = client.read_to_end(&mut sink);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn it_should_close_a_client_at_once_when_the_service_has_no_endpoints() {
+    let proxy = start_proxy(&config_text(&[], ""));
+    let mut client = connect(&proxy);
+    let started = Instant::now();
+    assert_eq!(read_all(&mut client), "");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -1,0 +1,124 @@
+//! Connection lifecycle: idle timeout, graceful shutdown and drain, signals,
+//! and running out of file descriptors.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn round_trip(stream: &mut TcpStream, text: &str) -> String {
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut buf = vec![0; text.len()];
+    stream.read_exact(&mut buf).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+#[test]
+fn it_should_close_a_connection_that_moves_no_bytes_for_idle_timeout() {
+    let proxy = start_proxy(&config_text(
+        &[(echo_backend(), 1)],
+        "idle_timeout = \"300ms\"",
+    ));
+    let mut client = connect(&proxy);
+    // Activity keeps it open past the timeout...
+    let mut last_active = Instant::now();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(round_trip(&mut client, "ping"), "ping");
+        last_active = Instant::now();
+    }
+    // ...silence closes it.
+    assert_eq!(read_all(&mut client), "");
+    let waited = last_active.elapsed();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[test]
+fn it_should_stop_accepting_but_finish_open_connections_on_stop() {
+    let proxy = start_proxy(&config_text(&[(echo_backend(), 1)], ""));
+    let addr = proxy.local_addr("web").unwrap();
+    let mut open = connect(&proxy);
+    assert_eq!(round_trip(&mut open, "before"), "before");
+    proxy.stop_handle().stop();
+    eventually(Duration::from_secs(5), "new connections refused", || {
+        TcpStream::connect(addr).is_err()
+    });
+    assert_eq!(round_trip(&mut open, "during drain"), "during drain");
+    let waiter = std::thread::spawn(move || proxy.wait());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiter.is_finished(), "must wait for the open connection");
+    drop(open);
+    eventually(Duration::from_secs(5), "proxy stopped", || {
+        waiter.is_finished()
+    });
+}
+
+#[test]
+fn it_should_close_what_is_left_when_drain_timeout_runs_out() {
+    let text = config_text(&[(echo_backend(), 1)], "").replace("\"5s\"", "\"300ms\"");
+    let proxy = start_proxy(&text);
+    let mut open = connect(&proxy);
+    assert_eq!(round_trip(&mut open, "x"), "x");
+    let started = Instant::now();
+    proxy.stop_handle().stop();
+    proxy.wait();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(read_all(&mut open), "");
+}
+
+#[test]
+fn it_should_exit_0_after_draining_on_sigterm() {
+    let mut binary = Binary::start(&config_text(&[(echo_backend(), 1)], ""), &[]);
+    let mut open = TcpStream::connect(binary.addr()).unwrap();
+    assert_eq!(round_trip(&mut open, "hi"), "hi");
+    binary.signal("TERM");
+    binary.wait_for_line(Duration::from_secs(5), "draining");
+    assert_eq!(round_trip(&mut open, "still"), "still");
+    drop(open);
+    let status = binary.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn it_should_keep_serving_without_spinning_when_out_of_file_descriptors() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        panic!("prlimit (util-linux) is needed for this test");
+    }
+    let binary = Binary::start(
+        &config_text(&[(echo_backend(), 1)], ""),
+        &["prlimit", "--nofile=48:48"],
+    );
+    let addr = binary.addr();
+    // Each proxied connection costs two descriptors: open far more than fit.
+    let clients: Vec<TcpStream> = (0..40)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    let first = binary.wait_for_line(Duration::from_secs(5), "accept failed");
+    assert!(first.contains("Too many open files"), "{first}");
+    let cpu_before = binary.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = binary.cpu_seconds() - cpu_before;
+    assert!(cpu < 0.5, "spinning: {cpu} CPU seconds in 2 s");
+    // One line a second at most (plus one for the edges of the window).
+    assert!(binary.count_lines("accept failed") <= 4);
+    drop(clients);
+    // Once descriptors are free again, new clients are served.
+    eventually(Duration::from_secs(10), "serving again", || {
+        let Ok(mut c) = TcpStream::connect(addr) else {
+            return false;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"ok").is_ok() && {
+            let mut buf = [0; 2];
+            c.read_exact(&mut buf).is_ok() && &buf == b"ok"
+        }
+    });
+}
