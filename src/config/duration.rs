@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Parses a duration written as one or more `<whole number><unit>` parts,
-/// where the unit is `ms`, `s`, `m` or `h`. Returns why it is not one on error.
+/// where the unit is `ms`, `s`, `m` or `h` (spaces between parts are allowed). Returns why it is not one on error.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -20,6 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let value: u64 = number
             .parse()
             .map_err(|_| format!("the number `{number}` is too large"))?;
+        let tail = tail.trim_start();
         let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
         let (unit, tail) = tail.split_at(unit_len);
         let part = match unit {
@@ -38,7 +39,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total
             .checked_add(part)
             .ok_or_else(|| "the duration is too large".to_string())?;
-        rest = tail;
+        rest = tail.trim_start();
     }
     Ok(total)
 }
@@ -54,6 +55,7 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m 30 s"), Ok(Duration::from_secs(90)));
     }
 
     #[test]
