@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: prlimit (util-linux) for the fd-exhaustion test.
 missing=()
 command -v prlimit >/dev/null || missing+=(util-linux)
-command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

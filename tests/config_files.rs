@@ -108,3 +108,38 @@ fn it_should_answer_help_and_version() {
     let version = Command::new(exe).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// A cheap, always-on cousin of the `config` fuzz target: thousands of
+/// mutations of the valid fixtures (byte flips, cuts, splices of other
+/// fixtures) must each parse or fail with a message, never panic.
+#[test]
+fn it_should_never_panic_on_mangled_configs() {
+    let seeds: Vec<Vec<u8>> = toml_files("tests/fixtures/valid")
+        .into_iter()
+        .chain(toml_files("tests/fixtures/invalid"))
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..5000 {
+        let mut bytes = seeds[rng.usize(..seeds.len())].clone();
+        for _ in 0..rng.usize(1..4) {
+            let len = bytes.len();
+            let at = rng.usize(..len.max(1)).min(len);
+            match rng.u8(..4) {
+                0 => bytes.truncate(at),
+                1 if at < len => bytes[at] = rng.u8(..),
+                2 => {
+                    let other = &seeds[rng.usize(..seeds.len())];
+                    let from = rng.usize(..other.len());
+                    let piece = &other[from..(from + 40).min(other.len())];
+                    bytes.splice(at..at, piece.iter().copied());
+                }
+                _ => bytes.insert(at, b"\"=[]{}.0-9 \n"[rng.usize(..12)]),
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = Config::parse(&text, Path::new("mangled.toml")) {
+            assert!(!e.to_string().is_empty(), "round {round}");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use super::connect::{self, Attempt};
 use super::forward::{self, End};
 use crate::control::Table;
 use std::cell::Cell;
+use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use tokio::sync::watch;
@@ -45,10 +46,27 @@ impl WorkerState {
         }
     }
 
-    fn next_id(&self) -> String {
+    fn next_id(&self) -> ConnId {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
-        format!("w{}-{n}", self.index)
+        ConnId {
+            worker: self.index,
+            n,
+        }
+    }
+}
+
+/// A connection's id in logs, `w<worker>-<n>`: built without allocating and
+/// formatted only when a line is actually logged.
+#[derive(Debug, Clone, Copy)]
+struct ConnId {
+    worker: usize,
+    n: u64,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}-{}", self.worker, self.n)
     }
 }
 
