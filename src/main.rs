@@ -52,6 +52,7 @@ fn main() -> ExitCode {
 fn run(config: &Config) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context("cannot install the signal handlers")?;
+    raise_fd_limit();
     let proxy = Proxy::start(config)?;
     for (name, addr) in proxy.listeners() {
         log::info!("listener {name} on {addr}");
@@ -83,4 +84,19 @@ fn run(config: &Config) -> anyhow::Result<()> {
     proxy.wait();
     log::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every proxied
+/// connection holds two descriptors, and the default soft limit (often 1024)
+/// would cap the proxy at a few hundred connections.
+fn raise_fd_limit() {
+    /// Descriptors kept for listeners, rings, logs and the like.
+    const RESERVED: u64 = 64;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::info!(
+            "file descriptor limit {limit}: room for about {} proxied connections",
+            limit.saturating_sub(RESERVED) / 2
+        ),
+        Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
+    }
 }
