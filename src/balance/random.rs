@@ -1,6 +1,6 @@
 //! Weighted random choice.
 
-use super::Policy;
+use super::{Pick, Policy};
 
 /// Picks endpoints at random in proportion to their weights.
 #[derive(Debug)]
@@ -29,7 +29,8 @@ impl WeightedRandom {
 }
 
 impl Policy for WeightedRandom {
-    fn pick(&self, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(&self, request: &Pick<'_>) -> Option<usize> {
+        let skip = request.skip;
         let total = *self.cumulative.last()?;
         // The common case: one draw over everything, O(log n).
         let draw = fastrand::u64(..total);

@@ -6,7 +6,7 @@
 //! snapshot is built and workers share one atomic cursor into it: every
 //! worker together follows the exact weighted, interleaved order with no lock.
 
-use super::Policy;
+use super::{Pick, Policy};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Smooth weighted round robin over a precomputed schedule.
@@ -27,7 +27,8 @@ impl SmoothWeighted {
 }
 
 impl Policy for SmoothWeighted {
-    fn pick(&self, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(&self, request: &Pick<'_>) -> Option<usize> {
+        let skip = request.skip;
         let len = self.schedule.len();
         if len == 0 {
             return None;
@@ -67,6 +68,7 @@ fn schedule(weights: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::tests::pick_with;
 
     #[test]
     fn it_should_interleave_like_nginx() {
@@ -80,7 +82,7 @@ mod tests {
         let rr = SmoothWeighted::new(&[1, 3]);
         let mut counts = [0; 2];
         for _ in 0..400 {
-            counts[rr.pick(&|_| false).unwrap()] += 1;
+            counts[pick_with(&rr, &|_| false).unwrap()] += 1;
         }
         assert_eq!(counts, [100, 300]);
     }

@@ -7,11 +7,11 @@
 //! previous one reuses the same [`Endpoint`] for an unchanged address, so its
 //! live state (active connections) carries over.
 
-use crate::balance::{self, Policy};
+use crate::balance::{self, Pick, Policy};
 use crate::config::{Config, ListenerConfig, ServiceConfig};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -83,9 +83,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// Picks an endpoint for which `skip(index)` is false.
-    pub fn pick(&self, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
-        self.policy.pick(skip)
+    /// Picks a member for a connection from `client`, never one for which
+    /// `skip(index)` is true.
+    pub fn pick(&self, client: IpAddr, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+        self.policy.pick(&Pick {
+            client,
+            skip,
+            active: &|i| self.members[i].endpoint.active(),
+        })
     }
 
     fn build(config: &ServiceConfig, previous: Option<&Service>) -> Service {

@@ -66,14 +66,17 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     Ok(TcpStream::from_std(stream))
 }
 
-/// Connects to an endpoint of `service`, trying distinct endpoints until one
+/// Connects `client` to an endpoint of `service`, trying distinct endpoints until one
 /// answers or `connect_attempts` have failed. Returns the stream and the
 /// member index, or every failed attempt.
-pub async fn establish(service: &Service) -> Result<(TcpStream, usize), Vec<Attempt>> {
+pub async fn establish(
+    service: &Service,
+    client: SocketAddr,
+) -> Result<(TcpStream, usize), Vec<Attempt>> {
     let mut tried: Vec<usize> = Vec::new();
     let mut failed = Vec::new();
     for _ in 0..service.connect_attempts {
-        let Some(index) = service.pick(&|i| tried.contains(&i)) else {
+        let Some(index) = service.pick(client.ip(), &|i| tried.contains(&i)) else {
             break;
         };
         tried.push(index);

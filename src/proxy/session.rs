@@ -111,7 +111,7 @@ pub async fn serve(
         );
         return;
     }
-    let (upstream, index) = match connect::establish(service).await {
+    let (upstream, index) = match connect::establish(service, peer).await {
         Ok(connected) => connected,
         Err(attempts) => {
             let list: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
