@@ -51,10 +51,11 @@ pub async fn forward(
     mut drain: watch::Receiver<bool>,
 ) -> Outcome {
     let last_active = Cell::new(Instant::now());
+    let finished = Cell::new(false);
     let both = async {
         tokio::join!(
-            pump(client, upstream, buffers, &last_active),
-            pump(upstream, client, buffers, &last_active)
+            pump(client, upstream, buffers, &last_active, &finished),
+            pump(upstream, client, buffers, &last_active, &finished)
         )
     };
     tokio::pin!(both);
@@ -88,12 +89,14 @@ struct Pumped {
 }
 
 /// Copies `from` → `to` until EOF (then half-closes `to`) or an error (then
-/// shuts both sockets down, which ends the other direction too).
+/// shuts both sockets down, which ends the other direction too). `finished`
+/// turns true when either direction has ended.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     buffers: &BufferPool,
     last_active: &Cell<Instant>,
+    finished: &Cell<bool>,
 ) -> Pumped {
     let mut buffer = buffers.take();
     let mut bytes = 0u64;
@@ -102,8 +105,13 @@ async fn pump(
         buffer = returned;
         let n = match read {
             Ok(0) => {
-                // The peer may be gone already; then there is nothing to tell.
-                let _ = to.shutdown(Shutdown::Write);
+                // When the other direction has already ended, both sockets are
+                // closed as soon as this returns, and close() sends the FIN:
+                // the shutdown would be a wasted syscall. Otherwise it is the
+                // half-close. Its error means the peer is gone: nothing to tell.
+                if !finished.get() {
+                    let _ = to.shutdown(Shutdown::Write);
+                }
                 break None;
             }
             Ok(n) => n,
@@ -119,6 +127,7 @@ async fn pump(
         last_active.set(Instant::now());
     };
     buffers.give_back(buffer);
+    finished.set(true);
     if error.is_some() {
         close(from, to);
     }

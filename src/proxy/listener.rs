@@ -22,6 +22,9 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt
+    // here instead of one per connection.
+    socket.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -42,5 +45,13 @@ mod tests {
         for l in &group {
             assert_eq!(l.local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn it_should_hand_out_sockets_with_nodelay_already_set() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let _client = std::net::TcpStream::connect(group[0].local_addr().unwrap()).unwrap();
+        let (accepted, _) = group[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

@@ -95,9 +95,6 @@ pub async fn serve(
 ) {
     let _open = OpenGuard::new(&worker);
     let id = worker.next_id();
-    if let Err(e) = client.set_nodelay(true) {
-        log::debug!("conn {id} from {peer}: cannot set TCP_NODELAY: {e}");
-    }
     let snapshot = worker.table.load_full();
     let Some(service) = snapshot.route(&listener) else {
         log::warn!("conn {id} from {peer}: listener {listener} has no route; closing the client");
