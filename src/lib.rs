@@ -13,6 +13,8 @@ pub mod config;
 pub mod control;
 pub mod proxy;
 pub mod runtime;
+pub mod server;
 
 pub use config::Config;
 pub use runtime::{Proxy, StartError};
+pub use server::{Server, ServerError};

@@ -1,87 +1,146 @@
-//! The `l4mesh` command: parse arguments, set up logging, load the config,
-//! run the proxy until SIGTERM/SIGINT, exit with a meaningful code.
+//! The `l4mesh` command: parse arguments, set up logging, run the server
+//! until SIGTERM/SIGINT (reloading on SIGHUP), or talk to a running one with
+//! `l4mesh ctl`; exit with a meaningful code.
 
 use anyhow::Context;
-use clap::Parser;
-use l4mesh::{Config, Proxy};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use clap::{Parser, Subcommand};
+use l4mesh::control::ctl;
+use l4mesh::{Config, Server};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// A fast L4 TCP proxy for service meshes, on io_uring.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     /// The TOML config file.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    config: PathBuf,
+    #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
     /// Validate the config file and exit: 0 if valid, 1 with the problems if not.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send one request to a running l4mesh's registry socket.
+    ///
+    /// Requests: register SERVICE ADDR [weight=N] [ttl=DURATION] | deregister
+    /// SERVICE ADDR | drain SERVICE ADDR | list [SERVICE] | reload | help.
+    /// Exits 0 if the registry answered ok, 1 otherwise.
+    Ctl {
+        /// The registry socket (`[registry] socket` in the config).
+        #[arg(short = 's', long = "socket", value_name = "SOCKET")]
+        socket: PathBuf,
+        /// Print the raw JSON reply instead of a table or message.
+        #[arg(long)]
+        json: bool,
+        /// The request's words, e.g. `register web 127.0.0.1:9003 weight=2`.
+        #[arg(required = true, num_args = 1.., value_name = "REQUEST")]
+        request: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Config::load(&cli.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(Command::Ctl {
+        socket,
+        json,
+        request,
+    }) = &cli.command
+    {
+        return match ctl::request(socket, request, *json) {
+            Ok(answer) => {
+                println!("{}", answer.text);
+                if answer.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(path) = cli.config else {
+        eprintln!("error: -c FILE is required");
+        return ExitCode::from(2);
     };
     if cli.check {
-        println!(
-            "{}: valid ({} listener(s), {} service(s))",
-            cli.config.display(),
-            config.listeners.len(),
-            config.services.len()
-        );
-        return ExitCode::SUCCESS;
+        return match Config::load(&path) {
+            Ok(config) => {
+                println!(
+                    "{}: valid ({} listener(s), {} service(s))",
+                    path.display(),
+                    config.listeners.len(),
+                    config.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
-    match run(&config) {
+    match run(&path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(config: &Config) -> anyhow::Result<()> {
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let mut signals =
-        Signals::new([SIGTERM, SIGINT]).context("cannot install the signal handlers")?;
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install the signal handlers")?;
     raise_fd_limit();
-    let proxy = Proxy::start(config)?;
-    for (name, addr) in proxy.listeners() {
+    let server = Server::start(path)?;
+    for (name, addr) in server.listeners() {
         log::info!("listener {name} on {addr}");
     }
     log::info!(
-        "l4mesh {} serving with {} worker(s)",
+        "l4mesh {} serving {} with {} worker(s); edit the file or send SIGHUP to reload",
         env!("CARGO_PKG_VERSION"),
-        config.runtime.workers
+        path.display(),
+        server.workers()
     );
-    let stop = proxy.stop_handle();
-    let drain = config.runtime.drain_timeout;
+    let stop = server.stop_handle();
+    let control = server.control().clone();
     std::thread::Builder::new()
         .name("l4mesh-signals".into())
         .spawn(move || {
-            let mut received = signals.forever();
-            if let Some(signal) = received.next() {
-                log::info!(
-                    "signal {signal}: no longer accepting; draining open connections for up to \
-                     {drain:?} (send it again to exit at once)"
-                );
-                stop.stop();
-            }
-            if received.next().is_some() {
-                log::warn!("second signal: exiting without waiting for open connections");
-                std::process::exit(1);
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    log::info!("SIGHUP: reloading the config file");
+                    control.request_reload(true);
+                } else if !stop.is_stopping() {
+                    log::info!(
+                        "signal {signal}: no longer accepting; draining open connections (send \
+                         it again to exit at once)"
+                    );
+                    stop.stop();
+                } else {
+                    log::warn!("second signal: exiting without waiting for open connections");
+                    std::process::exit(1);
+                }
             }
         })
         .context("cannot start the signal thread")?;
-    proxy.wait();
+    server.wait();
     log::info!("stopped");
     Ok(())
 }

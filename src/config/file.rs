@@ -19,6 +19,19 @@ pub struct FileConfig {
     /// `[services.NAME]`: where connections go.
     #[serde(default)]
     pub services: BTreeMap<String, FileService>,
+    /// `[registry]`: the run-time registration socket, if any.
+    pub registry: Option<FileRegistry>,
+}
+
+/// `[registry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRegistry {
+    /// Path of the Unix stream socket.
+    pub socket: String,
+    /// Octal file mode of the socket, as a string such as `"0600"`.
+    #[serde(default = "default_registry_mode")]
+    pub mode: String,
 }
 
 /// `[runtime]`.
@@ -112,6 +125,9 @@ fn default_idle_timeout() -> String {
 }
 fn default_connect_attempts() -> i64 {
     3
+}
+fn default_registry_mode() -> String {
+    "0600".to_string()
 }
 fn default_weight() -> i64 {
     1

@@ -26,6 +26,17 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// `[services.*]`, sorted by name.
     pub services: Vec<ServiceConfig>,
+    /// `[registry]`, if present.
+    pub registry: Option<RegistryConfig>,
+}
+
+/// `[registry]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Path of the Unix stream socket.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file.
+    pub mode: u32,
 }
 
 /// `[runtime]`, validated.
@@ -113,7 +124,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file: file::FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: syntax_message(text, &e),
         })?;
         validate::validate(file, path).map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -124,5 +135,21 @@ impl Config {
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// toml's error as one line: `line L, column C: what is wrong` (its own
+/// Display spans several lines with a source excerpt, which log lines and
+/// registry replies cannot carry).
+fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().trim_end().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
     }
 }

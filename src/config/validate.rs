@@ -1,10 +1,10 @@
 //! Turns the file's shape into a [`Config`], collecting every problem with
 //! the key path, the value, the reason and the fix.
 
-use super::file::{FileConfig, FileEndpoint, FileListener, FileRuntime, FileService};
+use super::file::{FileConfig, FileEndpoint, FileListener, FileRegistry, FileRuntime, FileService};
 use super::{
-    BalancePolicy, Config, EndpointConfig, ListenerConfig, MAX_WEIGHT, Problem, RuntimeConfig,
-    ServiceConfig, parse_duration,
+    BalancePolicy, Config, EndpointConfig, ListenerConfig, MAX_WEIGHT, Problem, RegistryConfig,
+    RuntimeConfig, ServiceConfig, parse_duration,
 };
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -83,12 +83,18 @@ pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
         .filter_map(|(name, s)| service(name, s, &mut problems))
         .collect();
     let listeners = listeners(&file, &mut problems);
+    // `registry` is None either when absent or after a problem was pushed.
+    let registry = file
+        .registry
+        .as_ref()
+        .and_then(|r| registry(r, &mut problems));
     match runtime {
         Some(runtime) if problems.0.is_empty() => Ok(Config {
             path: path.to_path_buf(),
             runtime,
             listeners,
             services,
+            registry,
         }),
         _ => Err(problems.0),
     }
@@ -127,6 +133,32 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         buffer_size: buffer_size? as usize,
         drain_timeout: drain_timeout?,
         backlog: backlog? as u32,
+    })
+}
+
+fn registry(file: &FileRegistry, problems: &mut Problems) -> Option<RegistryConfig> {
+    if file.socket.trim().is_empty() {
+        problems.push(
+            "registry.socket",
+            quoted(&file.socket),
+            "the socket path is empty",
+            "give a path such as \"/run/l4mesh/registry.sock\", or remove [registry]",
+        );
+    }
+    let mode = u32::from_str_radix(file.mode.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && *m & 0o600 == 0o600);
+    if mode.is_none() {
+        problems.push(
+            "registry.mode",
+            quoted(&file.mode),
+            "not an octal file mode that lets l4mesh's own user read and write",
+            "use \"0600\" (owner only) or a wider mode such as \"0660\"",
+        );
+    }
+    Some(RegistryConfig {
+        socket: file.socket.clone().into(),
+        mode: mode?,
     })
 }
 

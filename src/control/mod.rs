@@ -1,6 +1,19 @@
-//! The control side: building the immutable routing [`Snapshot`] that
-//! workers read through one atomic load per connection.
+//! The control side: the immutable routing [`Snapshot`] that workers read
+//! through one atomic load per connection, and everything that builds and
+//! publishes the next one: the config file watch, the registry socket and
+//! its protocol, and the controller thread that serialises every change.
 
+mod controller;
+pub mod ctl;
+pub mod protocol;
+mod registrations;
+mod registry;
 mod snapshot;
+mod watch;
 
-pub use snapshot::{ActiveGuard, Endpoint, Member, Service, Snapshot, Table};
+pub(crate) use controller::Controller;
+pub use controller::{Command, ControlHandle, ReloadStats};
+pub use registrations::{EndpointKey, Registration, Registrations};
+pub use registry::{RegistryError, RegistryServer};
+pub use snapshot::{ActiveGuard, Endpoint, Member, Service, Snapshot, Source, Table};
+pub use watch::{ConfigWatcher, WatchError};

@@ -7,6 +7,7 @@
 //! previous one reuses the same [`Endpoint`] for an unchanged address, so its
 //! live state (active connections) carries over.
 
+use super::registrations::Registrations;
 use crate::balance::{self, Pick, Policy};
 use crate::config::{Config, ListenerConfig, ServiceConfig};
 use arc_swap::ArcSwap;
@@ -57,6 +58,25 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Where an endpoint comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Declared in the config file.
+    File,
+    /// Registered through the registry socket.
+    Registry,
+}
+
+impl Source {
+    /// The name used in replies and listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Registry => "registry",
+        }
+    }
+}
+
 /// An endpoint as a member of a service, with its weight there.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -64,6 +84,17 @@ pub struct Member {
     pub endpoint: Arc<Endpoint>,
     /// Its relative share of new connections.
     pub weight: u32,
+    /// Where it comes from.
+    pub source: Source,
+    /// Draining: no new connections; open ones continue.
+    pub draining: bool,
+}
+
+impl Member {
+    /// What makes two members the same for the balancer.
+    fn identity(&self) -> (SocketAddr, u32, Source, bool) {
+        (self.endpoint.addr, self.weight, self.source, self.draining)
+    }
 }
 
 /// A service ready for the hot path: its members and a built balancer.
@@ -77,48 +108,87 @@ pub struct Service {
     pub idle_timeout: Duration,
     /// Distinct endpoints tried for one client.
     pub connect_attempts: u32,
-    /// The endpoints, in config order.
+    /// The endpoints: the file's in file order, then registered ones.
     pub members: Vec<Member>,
     policy: Box<dyn Policy>,
+    /// The file's settings this was built from, to reuse it when unchanged.
+    config: ServiceConfig,
 }
 
 impl Service {
-    /// Picks a member for a connection from `client`, never one for which
-    /// `skip(index)` is true.
+    /// Picks a member for a connection from `client`, never a draining one
+    /// nor one for which `skip(index)` is true.
     pub fn pick(&self, client: IpAddr, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         self.policy.pick(&Pick {
             client,
-            skip,
+            skip: &|i| self.members[i].draining || skip(i),
             active: &|i| self.members[i].endpoint.active(),
         })
     }
 
-    fn build(config: &ServiceConfig, previous: Option<&Service>) -> Service {
-        let members: Vec<Member> = config
+    /// The member at `addr`.
+    pub fn member(&self, addr: SocketAddr) -> Option<&Member> {
+        self.members.iter().find(|m| m.endpoint.addr == addr)
+    }
+
+    /// Builds the service, or reuses `previous` whole (balancer position
+    /// included) when nothing about it changed.
+    fn build(
+        config: &ServiceConfig,
+        registrations: &Registrations,
+        previous: Option<&Arc<Service>>,
+    ) -> Arc<Service> {
+        let endpoint = |addr: SocketAddr| {
+            previous
+                .and_then(|p| p.member(addr))
+                .map(|m| Arc::clone(&m.endpoint))
+                .unwrap_or_else(|| Arc::new(Endpoint::new(addr)))
+        };
+        let draining = |addr| registrations.is_drained(&(config.name.clone(), addr));
+        let mut members: Vec<Member> = config
             .endpoints
             .iter()
-            .map(|e| {
-                let existing = previous.and_then(|p| {
-                    p.members
-                        .iter()
-                        .find(|m| m.endpoint.addr == e.addr)
-                        .map(|m| Arc::clone(&m.endpoint))
-                });
-                Member {
-                    endpoint: existing.unwrap_or_else(|| Arc::new(Endpoint::new(e.addr))),
-                    weight: e.weight,
-                }
+            .map(|e| Member {
+                endpoint: endpoint(e.addr),
+                weight: e.weight,
+                source: Source::File,
+                draining: draining(e.addr),
             })
             .collect();
+        // A registered address the file also declares is the file's.
+        let registered: Vec<Member> = registrations
+            .of_service(&config.name)
+            .filter(|(addr, _)| !config.endpoints.iter().any(|e| e.addr == *addr))
+            .map(|(addr, r)| Member {
+                endpoint: endpoint(addr),
+                weight: r.weight,
+                source: Source::Registry,
+                draining: draining(addr),
+            })
+            .collect();
+        members.extend(registered);
+        if let Some(previous) = previous {
+            let same = previous.config == *config
+                && previous.members.len() == members.len()
+                && previous
+                    .members
+                    .iter()
+                    .zip(&members)
+                    .all(|(a, b)| a.identity() == b.identity());
+            if same {
+                return Arc::clone(previous);
+            }
+        }
         let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
-        Service {
+        Arc::new(Service {
             name: config.name.clone(),
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             connect_attempts: config.connect_attempts.get(),
             policy: balance::build(config.balance, &weights),
             members,
-        }
+            config: config.clone(),
+        })
     }
 }
 
@@ -134,18 +204,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated config, carrying over the live state
-    /// of endpoints that `previous` already had.
-    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
+    /// Builds a snapshot from a validated config merged with run-time
+    /// registrations, carrying over the live state of endpoints (and whole
+    /// services) that `previous` already had.
+    pub fn build(
+        config: &Config,
+        registrations: &Registrations,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let services = config
             .services
             .iter()
             .map(|s| {
                 let old = previous.and_then(|p| p.services.get(&s.name));
-                (
-                    s.name.clone(),
-                    Arc::new(Service::build(s, old.map(|o| &**o))),
-                )
+                (s.name.clone(), Service::build(s, registrations, old))
             })
             .collect();
         Snapshot {
@@ -176,14 +248,17 @@ mod tests {
 
     #[test]
     fn it_should_carry_live_state_over_for_unchanged_endpoints() {
+        let regs = Registrations::default();
         let first = Snapshot::build(
             &config(r#"{ addr = "127.0.0.1:1" }, { addr = "127.0.0.1:2" }"#),
+            &regs,
             None,
         );
         let s = first.route("l").unwrap();
         let _guard = s.members[0].endpoint.acquire();
         let second = Snapshot::build(
             &config(r#"{ addr = "127.0.0.1:1", weight = 5 }, { addr = "127.0.0.1:3" }"#),
+            &regs,
             Some(&first),
         );
         let s2 = second.route("l").unwrap();
@@ -192,5 +267,36 @@ mod tests {
         assert_eq!(s2.members[0].endpoint.active(), 1);
         assert_eq!(s2.members[0].weight, 5);
         assert_eq!(s2.members[1].endpoint.active(), 0);
+    }
+
+    #[test]
+    fn it_should_reuse_an_unchanged_service_whole_and_merge_registrations() {
+        let text = r#"{ addr = "127.0.0.1:1" }"#;
+        let mut regs = Registrations::default();
+        let first = Snapshot::build(&config(text), &regs, None);
+        let second = Snapshot::build(&config(text), &regs, Some(&first));
+        assert!(Arc::ptr_eq(
+            first.route("l").unwrap(),
+            second.route("l").unwrap()
+        ));
+        let now = std::time::Instant::now();
+        regs.register(("s".into(), "127.0.0.1:7".parse().unwrap()), 2, None, now);
+        regs.register(("s".into(), "127.0.0.1:1".parse().unwrap()), 9, None, now);
+        regs.drain(("s".into(), "127.0.0.1:1".parse().unwrap()));
+        let third = Snapshot::build(&config(text), &regs, Some(&second));
+        let s = third.route("l").unwrap();
+        assert!(!Arc::ptr_eq(second.route("l").unwrap(), s));
+        let listed: Vec<_> = s.members.iter().map(|m| m.identity()).collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("127.0.0.1:1".parse().unwrap(), 1, Source::File, true),
+                ("127.0.0.1:7".parse().unwrap(), 2, Source::Registry, false),
+            ]
+        );
+        // The draining file endpoint is never picked.
+        for _ in 0..10 {
+            assert_eq!(s.pick("127.0.0.1".parse().unwrap(), &|_| false), Some(1));
+        }
     }
 }

@@ -2,20 +2,22 @@
 //! thread per core, and stop them gracefully.
 
 mod accept;
+mod listeners;
 mod log_limit;
 mod worker;
 
+pub use listeners::{ListenerChange, ListenerPlan, Listeners};
 pub use log_limit::LogLimit;
 
-use crate::config::Config;
-use crate::control::{Snapshot, Table};
-use crate::proxy::listener::bind_group;
+use crate::config::{Config, ListenerConfig};
+use crate::control::{Registrations, Snapshot, Table};
 use arc_swap::ArcSwap;
+use listeners::BoundAddrs;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use worker::WorkerPlan;
 
 /// Why the proxy could not start.
@@ -54,14 +56,68 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.send_replace(true);
     }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// The parts of a running proxy that the control side changes: the
+/// published table and the listener set. Shared, and only touched off the
+/// hot path.
+#[derive(Debug)]
+pub struct ProxyControl {
+    table: Table,
+    stop: StopHandle,
+    listeners: Mutex<Listeners>,
+    bound: BoundAddrs,
+}
+
+impl ProxyControl {
+    /// The published routing table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// Binds what `wanted` adds or moves; see [`Listeners::prepare`].
+    pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, StartError> {
+        self.lock().prepare(wanted)
+    }
+
+    /// Hands a prepared plan to the workers; see [`Listeners::commit`].
+    pub fn commit(&self, plan: ListenerPlan) {
+        self.lock().commit(plan);
+    }
+
+    /// The address listener `name` is bound to.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        let bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        bound.get(name).copied()
+    }
+
+    /// Every listener's name and bound address.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        bound.iter().map(|(n, a)| (n.clone(), *a)).collect()
+    }
+
+    /// A handle that stops the proxy from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Listeners> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
-    table: Table,
-    stop: StopHandle,
-    bound: Vec<(String, SocketAddr)>,
+    control: Arc<ProxyControl>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -70,31 +126,21 @@ impl Proxy {
     /// without serving anything if any address cannot be bound.
     pub fn start(config: &Config) -> Result<Proxy, StartError> {
         let workers = config.runtime.workers;
-        let mut bound = Vec::new();
-        let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-        for listener in &config.listeners {
-            let bind_error = |source| StartError::Bind {
-                listener: listener.name.clone(),
-                addr: listener.listen,
-                source,
-            };
-            let group =
-                bind_group(listener.listen, workers, config.runtime.backlog).map_err(bind_error)?;
-            let addr = group[0].local_addr().map_err(bind_error)?;
-            bound.push((listener.name.clone(), addr));
-            for (sockets, socket) in per_worker.iter_mut().zip(group) {
-                sockets.push((listener.name.clone(), socket));
-            }
-        }
-        let table: Table = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)));
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let mut listeners = Listeners::new(senders, config.runtime.backlog);
+        let plan = listeners.prepare(&config.listeners)?;
+        listeners.commit(plan);
+        let snapshot = Snapshot::build(config, &Registrations::default(), None);
+        let table: Table = Arc::new(ArcSwap::from_pointee(snapshot));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = StopHandle(Arc::new(stop_tx));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
         let mut handles = Vec::new();
-        for (index, sockets) in per_worker.into_iter().enumerate() {
+        for (index, changes) in receivers.into_iter().enumerate() {
             let plan = WorkerPlan {
                 index,
-                sockets,
+                changes,
                 table: Arc::clone(&table),
                 buffer_size: config.runtime.buffer_size,
                 drain_timeout: config.runtime.drain_timeout,
@@ -117,33 +163,42 @@ impl Proxy {
                 return Err(StartError::Worker { index, source });
             }
         }
+        let bound = listeners.bound();
         Ok(Proxy {
-            table,
-            stop,
-            bound,
+            control: Arc::new(ProxyControl {
+                table,
+                stop,
+                listeners: Mutex::new(listeners),
+                bound,
+            }),
             workers: handles,
         })
+    }
+
+    /// The control-side handle: table, listeners, stop.
+    pub fn control(&self) -> Arc<ProxyControl> {
+        Arc::clone(&self.control)
     }
 
     /// The address listener `name` is bound to (with the real port when the
     /// config asked for port 0).
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.bound.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.control.local_addr(name)
     }
 
     /// Every listener's name and bound address.
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.bound
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.control.listeners()
     }
 
     /// The published routing table.
     pub fn table(&self) -> &Table {
-        &self.table
+        &self.control.table
     }
 
     /// A handle that stops the proxy from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
+        self.control.stop_handle()
     }
 
     /// Waits until every worker has stopped and drained.

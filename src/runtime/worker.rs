@@ -3,15 +3,18 @@
 //! connections it accepted, which live and die here.
 
 use super::accept::accept_loop;
+use super::listeners::ListenerChange;
 use crate::control::Table;
 use crate::proxy::buffers::BufferPool;
 use crate::proxy::session::WorkerState;
 use crossbeam_channel::Sender;
+use std::collections::HashMap;
 use std::io;
-use std::net::TcpListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Idle buffers a worker keeps for reuse.
 const POOLED_BUFFERS: usize = 256;
@@ -21,8 +24,8 @@ const POOLED_BUFFERS: usize = 256;
 pub struct WorkerPlan {
     /// The worker's index.
     pub index: usize,
-    /// This worker's socket for each listener, by listener name.
-    pub sockets: Vec<(String, TcpListener)>,
+    /// Listener changes, starting with the initial listeners.
+    pub changes: UnboundedReceiver<ListenerChange>,
     /// The published routing table.
     pub table: Table,
     /// Bytes per forwarding buffer.
@@ -63,7 +66,10 @@ fn new_runtime() -> io::Result<tokio_uring::Runtime> {
     })
 }
 
-async fn serve(plan: WorkerPlan) {
+/// A running accept loop: its stop switch and its task.
+type AcceptLoop = (watch::Sender<bool>, JoinHandle<()>);
+
+async fn serve(mut plan: WorkerPlan) {
     let (drain_tx, drain_rx) = watch::channel(false);
     let worker = Rc::new(WorkerState::new(
         plan.index,
@@ -71,21 +77,44 @@ async fn serve(plan: WorkerPlan) {
         BufferPool::new(plan.buffer_size, POOLED_BUFFERS),
         drain_rx,
     ));
-    let loops: Vec<_> = plan
-        .sockets
-        .into_iter()
-        .map(|(name, socket)| {
-            tokio_uring::spawn(accept_loop(
-                socket,
-                Rc::from(name),
-                Rc::clone(&worker),
-                plan.stop.clone(),
-            ))
-        })
-        .collect();
-    for accept in loops {
+    let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
+    let mut stopped: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let change = tokio::select! {
+            change = plan.changes.recv() => change,
+            _ = plan.stop.wait_for(|stopping| *stopping) => None,
+        };
+        match change {
+            Some(ListenerChange::Add { name, socket }) => {
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let task = tokio_uring::spawn(accept_loop(
+                    socket,
+                    Rc::from(name.as_str()),
+                    Rc::clone(&worker),
+                    stop_rx,
+                ));
+                if let Some((old_stop, old_task)) = loops.insert(name, (stop_tx, task)) {
+                    old_stop.send_replace(true);
+                    stopped.push(old_task);
+                }
+            }
+            Some(ListenerChange::Remove { name }) => {
+                if let Some((stop, task)) = loops.remove(&name) {
+                    stop.send_replace(true);
+                    stopped.push(task);
+                }
+            }
+            None => break,
+        }
+        stopped.retain(|task| !task.is_finished());
+    }
+    for (stop, task) in loops.into_values() {
+        stop.send_replace(true);
+        stopped.push(task);
+    }
+    for task in stopped {
         // A panicked accept loop has already been reported by the panic hook.
-        let _ = accept.await;
+        let _ = task.await;
     }
     drain(&worker, plan.drain_timeout, &drain_tx).await;
 }

@@ -141,7 +141,7 @@ impl Binary {
             }
         });
         let binary = Binary { child, lines };
-        binary.wait_for_line(Duration::from_secs(10), "serving with");
+        binary.wait_for_line(Duration::from_secs(10), " worker(s); edit the file");
         binary
     }
 

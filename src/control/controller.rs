@@ -1,0 +1,426 @@
+//! The controller thread: the one place where the routing table changes.
+//! File reloads, registry requests and TTL expiries arrive as [`Command`]s
+//! and are applied one at a time, so there are no races between them. Each
+//! change builds the next snapshot completely, then publishes it with one
+//! atomic store; connections already open keep the snapshot they started
+//! with. Bad input never replaces good state.
+
+use super::protocol::{HELP, Request};
+use super::registrations::{EndpointKey, Registrations};
+use super::snapshot::{Service, Snapshot};
+use crate::config::Config;
+use crate::runtime::ProxyControl;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a caller waits for the controller to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A change for the controller to apply.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read the config file. Without `force`, a file whose content did not
+    /// change is left alone (the watcher sees unrelated events too).
+    Reload {
+        /// Reload even if the content is unchanged (SIGHUP, `reload`).
+        force: bool,
+        /// Where to send the outcome, if anyone waits for it.
+        reply: Option<Sender<Result<String, String>>>,
+    },
+    /// A registry request; the reply is the JSON object to send back.
+    Registry {
+        /// The parsed request.
+        request: Request,
+        /// Where the reply goes.
+        reply: Sender<Value>,
+    },
+    /// Stop the controller thread.
+    Stop,
+}
+
+/// Sends commands to the controller; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlHandle(Sender<Command>);
+
+impl ControlHandle {
+    /// A handle and the receiving end for [`Controller::spawn`].
+    pub fn channel() -> (ControlHandle, Receiver<Command>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (ControlHandle(tx), rx)
+    }
+
+    /// Re-reads the config file now and waits for the outcome: a summary,
+    /// or the error (the previous configuration keeps serving).
+    pub fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::Reload {
+            force: true,
+            reply: Some(tx),
+        });
+        rx.recv_timeout(ANSWER_TIMEOUT)
+            .unwrap_or_else(|_| Err("the controller did not answer".to_string()))
+    }
+
+    /// Asks for a reload without waiting (SIGHUP); `force` as in [`Command::Reload`].
+    pub fn request_reload(&self, force: bool) {
+        self.send(Command::Reload { force, reply: None });
+    }
+
+    /// Applies a registry request and returns its JSON reply.
+    pub fn registry(&self, request: Request) -> Value {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::Registry { request, reply: tx });
+        rx.recv_timeout(ANSWER_TIMEOUT).unwrap_or_else(
+            |_| json!({"ok": false, "error": "l4mesh is shutting down; try again later"}),
+        )
+    }
+
+    /// Stops the controller.
+    pub fn stop(&self) {
+        self.send(Command::Stop);
+    }
+
+    fn send(&self, command: Command) {
+        // Fails only once the controller has stopped: then nobody is left to care.
+        let _ = self.0.send(command);
+    }
+}
+
+/// Reload outcomes, for monitoring.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    last_success_unix: AtomicU64,
+}
+
+impl ReloadStats {
+    /// Reloads applied.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Reloads rejected.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Unix time in seconds of the last applied reload (or the start).
+    pub fn last_success_unix(&self) -> u64 {
+        self.last_success_unix.load(Ordering::Relaxed)
+    }
+
+    fn record_success(&self) {
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        self.mark_success_time();
+    }
+
+    fn mark_success_time(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_success_unix.store(now, Ordering::Relaxed);
+    }
+}
+
+/// The controller's state; lives on its own thread.
+pub struct Controller {
+    path: PathBuf,
+    config: Config,
+    /// The file content last read, to skip events that changed nothing.
+    last_text: Option<String>,
+    registrations: Registrations,
+    proxy: Arc<ProxyControl>,
+    stats: Arc<ReloadStats>,
+}
+
+impl Controller {
+    /// A controller for a proxy started from `config`, read as `text`.
+    pub fn new(
+        config: Config,
+        text: String,
+        proxy: Arc<ProxyControl>,
+        stats: Arc<ReloadStats>,
+    ) -> Controller {
+        stats.mark_success_time();
+        Controller {
+            path: config.path.clone(),
+            config,
+            last_text: Some(text),
+            registrations: Registrations::default(),
+            proxy,
+            stats,
+        }
+    }
+
+    /// Runs the controller on its own thread until [`Command::Stop`].
+    pub fn spawn(self, commands: Receiver<Command>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("l4mesh-control".into())
+            .spawn(move || self.run(commands))
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            let wait = self
+                .registrations
+                .next_expiry()
+                .map_or(Duration::from_secs(3600), |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+            match commands.recv_timeout(wait) {
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Command::Reload { force, reply }) => {
+                    let outcome = self.reload(force);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Ok(Command::Registry { request, reply }) => {
+                    let _ = reply.send(self.registry(request));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.expire();
+        }
+    }
+
+    fn expire(&mut self) {
+        let lapsed = self.registrations.expire(Instant::now());
+        for (service, addr) in &lapsed {
+            log::info!("registry: {service} {addr} lapsed (no heartbeat within its ttl); removed");
+        }
+        if !lapsed.is_empty() {
+            self.publish();
+        }
+    }
+
+    /// Builds the next snapshot from the config and registrations, and
+    /// publishes it.
+    fn publish(&self) -> u64 {
+        let table = self.proxy.table();
+        let next = Snapshot::build(&self.config, &self.registrations, Some(&table.load()));
+        let generation = next.generation;
+        table.store(Arc::new(next));
+        generation
+    }
+
+    fn reload(&mut self, force: bool) -> Result<String, String> {
+        let path = self.path.display().to_string();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.last_text = None;
+                return Err(self.reject(format!("{path}: cannot read the config file: {e}")));
+            }
+        };
+        if !force && self.last_text.as_ref() == Some(&text) {
+            return Ok(format!("{path}: unchanged"));
+        }
+        self.last_text = Some(text.clone());
+        let config = Config::parse(&text, &self.path).map_err(|e| self.reject(e.to_string()))?;
+        let plan = self
+            .proxy
+            .prepare(&config.listeners)
+            .map_err(|e| self.reject(format!("{path}: {e}")))?;
+        self.warn_about_restart_only_changes(&config);
+        self.config = config;
+        let config = &self.config;
+        let dropped = self.registrations.retain(|(service, addr), registered| {
+            config
+                .service(service)
+                .is_some_and(|s| registered || s.endpoints.iter().any(|e| e.addr == *addr))
+        });
+        for (service, addr) in dropped {
+            log::warn!(
+                "registry: {service} {addr} dropped: service {service} left the config file"
+            );
+        }
+        let generation = self.publish();
+        let changes = if plan.is_empty() {
+            "no listener changes".to_string()
+        } else {
+            format!("listeners {}", plan.summary())
+        };
+        self.proxy.commit(plan);
+        self.stats.record_success();
+        let message =
+            format!("{path}: configuration reloaded (generation {generation}, {changes})");
+        log::info!("{message}");
+        Ok(message)
+    }
+
+    fn reject(&self, why: String) -> String {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let message = format!("{why}; keeping the previous configuration");
+        log::error!("reload rejected: {message}");
+        message
+    }
+
+    fn warn_about_restart_only_changes(&self, next: &Config) {
+        if next.runtime != self.config.runtime {
+            log::warn!(
+                "{}: [runtime] changes take effect at the next restart",
+                self.path.display()
+            );
+        }
+        if next.registry != self.config.registry {
+            log::warn!(
+                "{}: [registry] changes take effect at the next restart",
+                self.path.display()
+            );
+        }
+    }
+
+    /// The service named `name` in the published table, or an error reply
+    /// that lists the known ones.
+    fn service(&self, name: &str) -> Result<Arc<Service>, Value> {
+        let table = self.proxy.table().load();
+        table.services.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&String> = table.services.keys().collect();
+            error(format!(
+                "unknown service `{}`; known services: {}",
+                name.escape_debug(),
+                if known.is_empty() {
+                    "none (add one to the config file)".to_string()
+                } else {
+                    known
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ))
+        })
+    }
+
+    fn declared_in_file(&self, service: &str, addr: SocketAddr) -> bool {
+        self.config
+            .service(service)
+            .is_some_and(|s| s.endpoints.iter().any(|e| e.addr == addr))
+    }
+
+    fn registry(&mut self, request: Request) -> Value {
+        let reply = match request {
+            Request::Register {
+                service,
+                addr,
+                weight,
+                ttl,
+            } => self.register(service, addr, weight, ttl),
+            Request::Deregister { service, addr } => self.deregister(service, addr),
+            Request::Drain { service, addr } => self.drain(service, addr),
+            Request::List { service } => self.list(service.as_deref()),
+            Request::Reload => Ok(match self.reload(true) {
+                Ok(message) => json!({"ok": true, "applied": true, "message": message}),
+                Err(error) => json!({"ok": false, "applied": false, "error": error}),
+            }),
+            Request::Help => Ok(json!({"ok": true, "help": HELP})),
+        };
+        reply.unwrap_or_else(|e| e)
+    }
+
+    fn register(
+        &mut self,
+        service: String,
+        addr: SocketAddr,
+        weight: u32,
+        ttl: Option<Duration>,
+    ) -> Result<Value, Value> {
+        self.service(&service)?;
+        if self.declared_in_file(&service, addr) {
+            return Err(error(format!(
+                "{addr} is declared for service {service} in {}; edit the file to change it",
+                self.path.display()
+            )));
+        }
+        let key: EndpointKey = (service.clone(), addr);
+        let new = self
+            .registrations
+            .register(key, weight, ttl, Instant::now());
+        let generation = self.publish();
+        if new {
+            log::info!("registry: registered {service} {addr} weight={weight} ttl={ttl:?}");
+        }
+        Ok(json!({
+            "ok": true, "service": service, "addr": addr.to_string(), "weight": weight,
+            "ttl_ms": ttl.map(|t| t.as_millis() as u64), "new": new, "generation": generation,
+        }))
+    }
+
+    fn deregister(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
+        self.service(&service)?;
+        if self.declared_in_file(&service, addr) {
+            return Err(error(format!(
+                "{addr} is declared for service {service} in {}; edit the file to remove it",
+                self.path.display()
+            )));
+        }
+        if !self.registrations.deregister(&(service.clone(), addr)) {
+            return Err(error(format!(
+                "{addr} is not registered for service {service}; `list {service}` shows its endpoints"
+            )));
+        }
+        let generation = self.publish();
+        log::info!("registry: deregistered {service} {addr}");
+        Ok(
+            json!({"ok": true, "service": service, "addr": addr.to_string(), "generation": generation}),
+        )
+    }
+
+    fn drain(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
+        let current = self.service(&service)?;
+        let Some(member) = current.member(addr) else {
+            return Err(error(format!(
+                "{addr} is not an endpoint of service {service}; `list {service}` shows its endpoints"
+            )));
+        };
+        let active = member.endpoint.active();
+        self.registrations.drain((service.clone(), addr));
+        let generation = self.publish();
+        log::info!("registry: draining {service} {addr} ({active} open connection(s) continue)");
+        Ok(json!({
+            "ok": true, "service": service, "addr": addr.to_string(),
+            "active": active, "generation": generation,
+        }))
+    }
+
+    fn list(&self, only: Option<&str>) -> Result<Value, Value> {
+        if let Some(name) = only {
+            self.service(name)?;
+        }
+        let table = self.proxy.table().load();
+        let now = Instant::now();
+        let mut endpoints = Vec::new();
+        for (name, service) in &table.services {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            for member in &service.members {
+                let addr = member.endpoint.addr;
+                let ttl = self
+                    .registrations
+                    .get(&(name.clone(), addr))
+                    .and_then(|r| r.expires)
+                    .map(|at| at.saturating_duration_since(now).as_millis() as u64);
+                endpoints.push(json!({
+                    "service": name, "addr": addr.to_string(), "weight": member.weight,
+                    "source": member.source.name(),
+                    "state": if member.draining { "draining" } else { "up" },
+                    "active": member.endpoint.active(), "ttl_remaining_ms": ttl,
+                }));
+            }
+        }
+        Ok(json!({"ok": true, "generation": table.generation, "endpoints": endpoints}))
+    }
+}
+
+fn error(message: String) -> Value {
+    json!({"ok": false, "error": message})
+}

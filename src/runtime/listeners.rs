@@ -1,0 +1,140 @@
+//! The set of bound listeners and how it changes: a reload binds every new
+//! or moved listener on every worker first (so an unbindable address rejects
+//! the whole reload before anything changes), and only then tells the
+//! workers to start and stop accept loops.
+
+use super::StartError;
+use crate::config::ListenerConfig;
+use crate::proxy::listener::bind_group;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A change a worker applies to its accept loops.
+#[derive(Debug)]
+pub enum ListenerChange {
+    /// Start accepting on this socket as listener `name` (replacing a loop
+    /// of the same name).
+    Add {
+        /// The listener's name.
+        name: String,
+        /// This worker's socket.
+        socket: TcpListener,
+    },
+    /// Stop accepting as listener `name`; its open connections go on.
+    Remove {
+        /// The listener's name.
+        name: String,
+    },
+}
+
+/// Listener addresses as bound (with real ports), readable from any thread.
+pub type BoundAddrs = Arc<Mutex<BTreeMap<String, SocketAddr>>>;
+
+/// Bound sockets waiting to be handed to the workers.
+#[derive(Debug, Default)]
+pub struct ListenerPlan {
+    add: Vec<(ListenerConfig, SocketAddr, Vec<TcpListener>)>,
+    rebound: Vec<String>,
+    remove: Vec<String>,
+}
+
+impl ListenerPlan {
+    /// Whether applying it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// One line saying what it changes, like `+api ~web -old` (added,
+    /// rebound to a new address, removed).
+    pub fn summary(&self) -> String {
+        let added = self.add.iter().map(|(l, _, _)| {
+            let sign = if self.rebound.contains(&l.name) {
+                '~'
+            } else {
+                '+'
+            };
+            format!("{sign}{}", l.name)
+        });
+        let removed = self.remove.iter().map(|n| format!("-{n}"));
+        added.chain(removed).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// The listeners the workers accept on, and the channels to change them.
+#[derive(Debug)]
+pub struct Listeners {
+    workers: Vec<UnboundedSender<ListenerChange>>,
+    backlog: u32,
+    current: BTreeMap<String, ListenerConfig>,
+    bound: BoundAddrs,
+}
+
+impl Listeners {
+    /// No listeners yet; changes go to these workers.
+    pub fn new(workers: Vec<UnboundedSender<ListenerChange>>, backlog: u32) -> Listeners {
+        Listeners {
+            workers,
+            backlog,
+            current: BTreeMap::new(),
+            bound: BoundAddrs::default(),
+        }
+    }
+
+    /// The shared map of bound addresses.
+    pub fn bound(&self) -> BoundAddrs {
+        Arc::clone(&self.bound)
+    }
+
+    /// Binds every listener of `wanted` that is new or whose address
+    /// changed, once per worker; nothing changes for the workers yet.
+    pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, StartError> {
+        let mut plan = ListenerPlan::default();
+        for listener in wanted {
+            if self.current.get(&listener.name) == Some(listener) {
+                continue;
+            }
+            let bind_error = |source| StartError::Bind {
+                listener: listener.name.clone(),
+                addr: listener.listen,
+                source,
+            };
+            let group = bind_group(listener.listen, self.workers.len(), self.backlog)
+                .map_err(bind_error)?;
+            let addr = group[0].local_addr().map_err(bind_error)?;
+            if self.current.contains_key(&listener.name) {
+                plan.rebound.push(listener.name.clone());
+            }
+            plan.add.push((listener.clone(), addr, group));
+        }
+        plan.remove = self
+            .current
+            .keys()
+            .filter(|name| !wanted.iter().any(|l| &l.name == *name))
+            .cloned()
+            .collect();
+        Ok(plan)
+    }
+
+    /// Hands new sockets to the workers and stops removed listeners.
+    pub fn commit(&mut self, plan: ListenerPlan) {
+        let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in plan.remove {
+            for worker in &self.workers {
+                // A worker that is gone is shutting down: nothing to stop.
+                let _ = worker.send(ListenerChange::Remove { name: name.clone() });
+            }
+            self.current.remove(&name);
+            bound.remove(&name);
+        }
+        for (listener, addr, group) in plan.add {
+            for (worker, socket) in self.workers.iter().zip(group) {
+                let name = listener.name.clone();
+                let _ = worker.send(ListenerChange::Add { name, socket });
+            }
+            bound.insert(listener.name.clone(), addr);
+            self.current.insert(listener.name.clone(), listener);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! A whole l4mesh server, as the binary runs it: the config file loaded and
+//! watched, the registry socket, the controller thread, and the proxy.
+
+use crate::config::{Config, ConfigError};
+use crate::control::{
+    ConfigWatcher, ControlHandle, Controller, RegistryError, RegistryServer, ReloadStats, Table,
+    WatchError,
+};
+use crate::runtime::{Proxy, StartError, StopHandle};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The config file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener or worker could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The registry socket could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The config file cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    /// The controller thread could not start.
+    #[error("cannot start the controller thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    proxy: Proxy,
+    control: ControlHandle,
+    controller: JoinHandle<()>,
+    stats: Arc<ReloadStats>,
+    watcher: ConfigWatcher,
+    registry: Option<RegistryServer>,
+    workers: usize,
+}
+
+impl Server {
+    /// Loads and validates `path`, opens the registry socket (refusing to
+    /// start if another l4mesh answers there), binds every listener, starts
+    /// the workers, the controller and the file watch.
+    pub fn start(path: &Path) -> Result<Server, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::parse(&text, path)?;
+        let (control, commands) = ControlHandle::channel();
+        let registry = match &config.registry {
+            Some(registry) => Some(RegistryServer::start(registry, control.clone())?),
+            None => None,
+        };
+        let proxy = Proxy::start(&config)?;
+        let workers = config.runtime.workers;
+        let stats = Arc::new(ReloadStats::default());
+        let controller = Controller::new(config, text, proxy.control(), Arc::clone(&stats))
+            .spawn(commands)
+            .map_err(ServerError::Thread)?;
+        let watcher = ConfigWatcher::start(path, control.clone())?;
+        Ok(Server {
+            proxy,
+            control,
+            controller,
+            stats,
+            watcher,
+            registry,
+            workers,
+        })
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The address listener `name` is bound to now.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.proxy.local_addr(name)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.proxy.listeners()
+    }
+
+    /// The published routing table.
+    pub fn table(&self) -> &Table {
+        self.proxy.table()
+    }
+
+    /// Sends commands to the controller (reload, registry requests).
+    pub fn control(&self) -> &ControlHandle {
+        &self.control
+    }
+
+    /// Reload outcomes so far.
+    pub fn reload_stats(&self) -> &ReloadStats {
+        &self.stats
+    }
+
+    /// The registry socket, if configured.
+    pub fn registry(&self) -> Option<&RegistryServer> {
+        self.registry.as_ref()
+    }
+
+    /// A handle that starts a graceful stop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.proxy.stop_handle()
+    }
+
+    /// Waits for the workers to stop and drain, then stops the controller,
+    /// the watch and the registry socket (removing its file).
+    pub fn wait(self) {
+        let Server {
+            proxy,
+            control,
+            controller,
+            watcher,
+            registry,
+            ..
+        } = self;
+        proxy.wait();
+        drop(watcher);
+        drop(registry);
+        control.stop();
+        if controller.join().is_err() {
+            log::error!("the controller thread panicked");
+        }
+    }
+}
