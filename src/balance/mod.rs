@@ -7,7 +7,7 @@ mod round_robin;
 pub use random::WeightedRandom;
 pub use round_robin::SmoothWeighted;
 
-use crate::config::BalancePolicy;
+use crate::config::{BalancePolicy, EndpointConfig};
 use std::fmt::Debug;
 use std::net::IpAddr;
 
@@ -30,18 +30,33 @@ pub trait Policy: Send + Sync + Debug {
     fn pick(&self, request: &Pick<'_>) -> Option<usize>;
 }
 
-/// Builds `policy` over endpoints with these weights (index = endpoint).
-pub fn build(policy: BalancePolicy, weights: &[u32]) -> Box<dyn Policy> {
+/// Builds `policy` over these endpoints (index = endpoint). Policies that
+/// hash need each endpoint's address, not just its weight, so that an
+/// endpoint keeps its place when others join or leave.
+pub fn build(policy: BalancePolicy, endpoints: &[EndpointConfig]) -> Box<dyn Policy> {
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
     match policy {
-        BalancePolicy::RoundRobin => Box::new(SmoothWeighted::new(weights)),
-        BalancePolicy::Random => Box::new(WeightedRandom::new(weights)),
+        BalancePolicy::RoundRobin => Box::new(SmoothWeighted::new(&weights)),
+        BalancePolicy::Random => Box::new(WeightedRandom::new(&weights)),
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    /// Endpoints 10.0.0.1:80, 10.0.0.2:80, ... with these weights.
+    pub(crate) fn endpoints(weights: &[u32]) -> Vec<EndpointConfig> {
+        weights
+            .iter()
+            .zip(1u32..)
+            .map(|(&weight, n)| EndpointConfig {
+                addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + n), 80)),
+                weight,
+            })
+            .collect()
+    }
 
     /// A pick from 127.0.0.1 with no open connections, skipping per `skip`.
     pub(crate) fn pick_with(policy: &dyn Policy, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -58,7 +73,7 @@ pub(crate) mod tests {
     fn it_should_honour_weights_and_skips_for_every_policy() {
         let weights = [1, 3, 6];
         for (name, policy) in BalancePolicy::ALL {
-            let picker = build(policy, &weights);
+            let picker = build(policy, &endpoints(&weights));
             let mut counts = [0u32; 3];
             for _ in 0..10_000 {
                 counts[pick_with(&*picker, &|_| false).unwrap()] += 1;
@@ -78,7 +93,10 @@ pub(crate) mod tests {
     #[test]
     fn it_should_pick_nothing_from_an_empty_service() {
         for (_, policy) in BalancePolicy::ALL {
-            assert_eq!(pick_with(&*build(policy, &[]), &|_| false), None);
+            assert_eq!(
+                pick_with(&*build(policy, &endpoints(&[])), &|_| false),
+                None
+            );
         }
     }
 }

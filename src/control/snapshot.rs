@@ -110,13 +110,12 @@ impl Service {
                 }
             })
             .collect();
-        let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
         Service {
             name: config.name.clone(),
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             connect_attempts: config.connect_attempts.get(),
-            policy: balance::build(config.balance, &weights),
+            policy: balance::build(config.balance, &config.endpoints),
             members,
         }
     }
