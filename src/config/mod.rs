@@ -59,13 +59,16 @@ pub enum BalancePolicy {
     RoundRobin,
     /// Weighted random.
     Random,
+    /// Fewest active connections relative to weight; ties at random.
+    LeastConn,
 }
 
 impl BalancePolicy {
     /// Every policy with its config name.
-    pub const ALL: [(&'static str, BalancePolicy); 2] = [
+    pub const ALL: [(&'static str, BalancePolicy); 3] = [
         ("round_robin", BalancePolicy::RoundRobin),
         ("random", BalancePolicy::Random),
+        ("least_conn", BalancePolicy::LeastConn),
     ];
 }
 
