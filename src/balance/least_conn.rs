@@ -92,6 +92,7 @@ mod tests {
 
     #[test]
     fn it_should_break_ties_at_random_in_proportion_to_weight() {
+        fastrand::seed(1);
         let policy = LeastConn::new(&[1, 3, 1]);
         // Loads 2/1, 6/3 and 5/1: the first two tie, 1 to 3 by weight.
         let mut counts = [0u32; 3];

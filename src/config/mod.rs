@@ -61,14 +61,17 @@ pub enum BalancePolicy {
     Random,
     /// Fewest active connections relative to weight; ties at random.
     LeastConn,
+    /// Power of two random choices: the less loaded of two weighted draws.
+    P2c,
 }
 
 impl BalancePolicy {
     /// Every policy with its config name.
-    pub const ALL: [(&'static str, BalancePolicy); 3] = [
+    pub const ALL: [(&'static str, BalancePolicy); 4] = [
         ("round_robin", BalancePolicy::RoundRobin),
         ("random", BalancePolicy::Random),
         ("least_conn", BalancePolicy::LeastConn),
+        ("p2c", BalancePolicy::P2c),
     ];
 }
 
