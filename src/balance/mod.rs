@@ -5,11 +5,13 @@ mod least_conn;
 mod p2c;
 mod random;
 mod round_robin;
+mod source_hash;
 
 pub use least_conn::LeastConn;
 pub use p2c::PowerOfTwo;
 pub use random::WeightedRandom;
 pub use round_robin::SmoothWeighted;
+pub use source_hash::{Maglev, TABLE_SIZE};
 
 use crate::config::{BalancePolicy, EndpointConfig};
 use std::fmt::Debug;
@@ -44,6 +46,7 @@ pub fn build(policy: BalancePolicy, endpoints: &[EndpointConfig]) -> Box<dyn Pol
         BalancePolicy::Random => Box::new(WeightedRandom::new(&weights)),
         BalancePolicy::LeastConn => Box::new(LeastConn::new(&weights)),
         BalancePolicy::P2c => Box::new(PowerOfTwo::new(&weights)),
+        BalancePolicy::SourceHash => Box::new(Maglev::new(endpoints)),
     }
 }
 

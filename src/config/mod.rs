@@ -63,15 +63,18 @@ pub enum BalancePolicy {
     LeastConn,
     /// Power of two random choices: the less loaded of two weighted draws.
     P2c,
+    /// Consistent hashing on the client IP through a Maglev table.
+    SourceHash,
 }
 
 impl BalancePolicy {
     /// Every policy with its config name.
-    pub const ALL: [(&'static str, BalancePolicy); 4] = [
+    pub const ALL: [(&'static str, BalancePolicy); 5] = [
         ("round_robin", BalancePolicy::RoundRobin),
         ("random", BalancePolicy::Random),
         ("least_conn", BalancePolicy::LeastConn),
         ("p2c", BalancePolicy::P2c),
+        ("source_hash", BalancePolicy::SourceHash),
     ];
 }
 
