@@ -1,13 +1,19 @@
 //! Endpoint selection. Each policy lives in its own file behind [`Policy`];
 //! policies are pure (no I/O, no clocks) and safe to share between workers.
 
+mod least_conn;
+mod p2c;
 mod random;
 mod round_robin;
+mod source_hash;
 
+pub use least_conn::LeastConn;
+pub use p2c::PowerOfTwo;
 pub use random::WeightedRandom;
 pub use round_robin::SmoothWeighted;
+pub use source_hash::{Maglev, TABLE_SIZE};
 
-use crate::config::BalancePolicy;
+use crate::config::{BalancePolicy, EndpointConfig};
 use std::fmt::Debug;
 use std::net::IpAddr;
 
@@ -30,18 +36,45 @@ pub trait Policy: Send + Sync + Debug {
     fn pick(&self, request: &Pick<'_>) -> Option<usize>;
 }
 
-/// Builds `policy` over endpoints with these weights (index = endpoint).
-pub fn build(policy: BalancePolicy, weights: &[u32]) -> Box<dyn Policy> {
+/// Builds `policy` over these endpoints (index = endpoint). Policies that
+/// hash need each endpoint's address, not just its weight, so that an
+/// endpoint keeps its place when others join or leave.
+pub fn build(policy: BalancePolicy, endpoints: &[EndpointConfig]) -> Box<dyn Policy> {
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
     match policy {
-        BalancePolicy::RoundRobin => Box::new(SmoothWeighted::new(weights)),
-        BalancePolicy::Random => Box::new(WeightedRandom::new(weights)),
+        BalancePolicy::RoundRobin => Box::new(SmoothWeighted::new(&weights)),
+        BalancePolicy::Random => Box::new(WeightedRandom::new(&weights)),
+        BalancePolicy::LeastConn => Box::new(LeastConn::new(&weights)),
+        BalancePolicy::P2c => Box::new(PowerOfTwo::new(&weights)),
+        BalancePolicy::SourceHash => Box::new(Maglev::new(endpoints)),
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    /// Endpoints 10.0.0.1:80, 10.0.0.2:80, ... with these weights.
+    pub(crate) fn endpoints(weights: &[u32]) -> Vec<EndpointConfig> {
+        weights
+            .iter()
+            .zip(1u32..)
+            .map(|(&weight, n)| EndpointConfig {
+                addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + n), 80)),
+                weight,
+            })
+            .collect()
+    }
+
+    /// A random client address, IPv4 three times in four.
+    pub(crate) fn random_client(rng: &mut fastrand::Rng) -> IpAddr {
+        if rng.u8(..4) == 0 {
+            IpAddr::V6(Ipv6Addr::from(rng.u128(..)))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(rng.u32(..)))
+        }
+    }
 
     /// A pick from 127.0.0.1 with no open connections, skipping per `skip`.
     pub(crate) fn pick_with(policy: &dyn Policy, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -52,16 +85,34 @@ pub(crate) mod tests {
         })
     }
 
-    /// Over many picks the split follows the weights, for every policy, and a
-    /// skipped endpoint is never picked while another exists.
+    /// A pick from `client` with no open connections, skipping per `skip`.
+    fn pick_from(
+        policy: &dyn Policy,
+        client: IpAddr,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        policy.pick(&Pick {
+            client,
+            skip,
+            active: &|_| 0,
+        })
+    }
+
+    /// Over many picks from many clients with no connections open, the split
+    /// follows the weights within 10% for every policy, and a skipped
+    /// endpoint is never picked while another exists.
     #[test]
     fn it_should_honour_weights_and_skips_for_every_policy() {
         let weights = [1, 3, 6];
+        let mut rng = fastrand::Rng::with_seed(4);
+        // The policies draw from the thread's generator: seed it too.
+        fastrand::seed(4);
         for (name, policy) in BalancePolicy::ALL {
-            let picker = build(policy, &weights);
+            let picker = build(policy, &endpoints(&weights));
             let mut counts = [0u32; 3];
             for _ in 0..10_000 {
-                counts[pick_with(&*picker, &|_| false).unwrap()] += 1;
+                let client = random_client(&mut rng);
+                counts[pick_from(&*picker, client, &|_| false).unwrap()] += 1;
             }
             for (i, w) in weights.iter().enumerate() {
                 let expected = 10_000.0 * f64::from(*w) / 10.0;
@@ -69,16 +120,52 @@ pub(crate) mod tests {
                 assert!(error < 0.1, "{name}: {counts:?}");
             }
             for _ in 0..1000 {
-                assert_ne!(pick_with(&*picker, &|i| i == 2), Some(2), "{name}");
+                let client = random_client(&mut rng);
+                assert_ne!(pick_from(&*picker, client, &|i| i == 2), Some(2), "{name}");
             }
             assert_eq!(pick_with(&*picker, &|_| true), None, "{name}");
+        }
+    }
+
+    /// Random services (0 to 10 endpoints, weights 1 to 256), random skip
+    /// sets, random open connections and clients: every policy picks an
+    /// endpoint that is not skipped, and nothing only when all are.
+    #[test]
+    fn it_should_never_pick_a_skipped_endpoint_while_another_exists() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for (name, policy) in BalancePolicy::ALL {
+            for _ in 0..60 {
+                let n = rng.usize(..=10);
+                let weights: Vec<u32> = (0..n).map(|_| rng.u32(1..=256)).collect();
+                let picker = build(policy, &endpoints(&weights));
+                for _ in 0..50 {
+                    let skipped = rng.u16(..);
+                    let skip = |i: usize| skipped & (1 << i) != 0;
+                    let active: Vec<u64> = (0..n).map(|_| rng.u64(..100)).collect();
+                    let any_usable = (0..n).any(|i| !skip(i));
+                    for _ in 0..5 {
+                        let picked = picker.pick(&Pick {
+                            client: random_client(&mut rng),
+                            skip: &skip,
+                            active: &|i| active[i],
+                        });
+                        match picked {
+                            Some(i) => assert!(i < n && !skip(i), "{name}: {i} of {weights:?}"),
+                            None => assert!(!any_usable, "{name}: nothing from {weights:?}"),
+                        }
+                    }
+                }
+            }
         }
     }
 
     #[test]
     fn it_should_pick_nothing_from_an_empty_service() {
         for (_, policy) in BalancePolicy::ALL {
-            assert_eq!(pick_with(&*build(policy, &[]), &|_| false), None);
+            assert_eq!(
+                pick_with(&*build(policy, &endpoints(&[])), &|_| false),
+                None
+            );
         }
     }
 }

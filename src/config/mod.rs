@@ -70,13 +70,22 @@ pub enum BalancePolicy {
     RoundRobin,
     /// Weighted random.
     Random,
+    /// Fewest active connections relative to weight; ties at random.
+    LeastConn,
+    /// Power of two random choices: the less loaded of two weighted draws.
+    P2c,
+    /// Consistent hashing on the client IP through a Maglev table.
+    SourceHash,
 }
 
 impl BalancePolicy {
     /// Every policy with its config name.
-    pub const ALL: [(&'static str, BalancePolicy); 2] = [
+    pub const ALL: [(&'static str, BalancePolicy); 5] = [
         ("round_robin", BalancePolicy::RoundRobin),
         ("random", BalancePolicy::Random),
+        ("least_conn", BalancePolicy::LeastConn),
+        ("p2c", BalancePolicy::P2c),
+        ("source_hash", BalancePolicy::SourceHash),
     ];
 }
 

@@ -9,7 +9,7 @@
 
 use super::registrations::Registrations;
 use crate::balance::{self, Pick, Policy};
-use crate::config::{Config, ListenerConfig, ServiceConfig};
+use crate::config::{Config, EndpointConfig, ListenerConfig, ServiceConfig};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -179,13 +179,19 @@ impl Service {
                 return Arc::clone(previous);
             }
         }
-        let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
+        let endpoints: Vec<EndpointConfig> = members
+            .iter()
+            .map(|m| EndpointConfig {
+                addr: m.endpoint.addr,
+                weight: m.weight,
+            })
+            .collect();
         Arc::new(Service {
             name: config.name.clone(),
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             connect_attempts: config.connect_attempts.get(),
-            policy: balance::build(config.balance, &weights),
+            policy: balance::build(config.balance, &endpoints),
             members,
             config: config.clone(),
         })
