@@ -101,14 +101,17 @@ fn it_should_keep_serving_without_spinning_when_out_of_file_descriptors() {
     let clients: Vec<TcpStream> = (0..40)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
-    let first = binary.wait_for_line(Duration::from_secs(5), "accept failed");
-    assert!(first.contains("Too many open files"), "{first}");
+    // Whichever needs the last descriptor, accept or the upstream socket,
+    // fails and says so.
+    let first = binary.wait_for_line(Duration::from_secs(5), "Too many open files");
+    assert!(first.contains("WARN"), "{first}");
     let cpu_before = binary.cpu_seconds();
     std::thread::sleep(Duration::from_secs(2));
     let cpu = binary.cpu_seconds() - cpu_before;
     assert!(cpu < 0.5, "spinning: {cpu} CPU seconds in 2 s");
     // One line a second at most (plus one for the edges of the window).
-    assert!(binary.count_lines("accept failed") <= 4);
+    let lines = binary.count_lines("Too many open files");
+    assert!(lines <= 4, "{lines} lines in about 2 s");
     drop(clients);
     // Once descriptors are free again, new clients are served.
     eventually(Duration::from_secs(10), "serving again", || {

@@ -8,7 +8,7 @@
 //! aborts the handshake at once. The connected socket is then handed to
 //! tokio-uring for the data path.
 
-use crate::control::Service;
+use crate::control::{ActiveGuard, Service};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +28,20 @@ pub enum ConnectError {
     /// Any other error, such as an unreachable network or no free fd.
     #[error("{0}")]
     Other(#[from] io::Error),
+}
+
+impl ConnectError {
+    /// Whether it failed for want of descriptors or kernel memory, which
+    /// says nothing about the endpoint.
+    pub fn is_resource_exhaustion(&self) -> bool {
+        match self {
+            ConnectError::Other(e) => matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// One failed attempt, for the log line that gives them all.
@@ -66,13 +80,15 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     Ok(TcpStream::from_std(stream))
 }
 
-/// Connects `client` to an endpoint of `service`, trying distinct endpoints until one
-/// answers or `connect_attempts` have failed. Returns the stream and the
-/// member index, or every failed attempt.
+/// Connects `client` to an endpoint of `service`, trying distinct endpoints
+/// until one answers or `connect_attempts` have failed. Returns the stream,
+/// the member index and the guard that counts the connection as active on
+/// that endpoint, or every failed attempt. The count starts at the pick, so
+/// load-aware policies see connections that are still connecting.
 pub async fn establish(
     service: &Service,
     client: SocketAddr,
-) -> Result<(TcpStream, usize), Vec<Attempt>> {
+) -> Result<(TcpStream, usize, ActiveGuard), Vec<Attempt>> {
     let mut tried: Vec<usize> = Vec::new();
     let mut failed = Vec::new();
     for _ in 0..service.connect_attempts {
@@ -80,9 +96,11 @@ pub async fn establish(
             break;
         };
         tried.push(index);
-        let addr = service.members[index].endpoint.addr;
+        let endpoint = &service.members[index].endpoint;
+        let active = endpoint.acquire();
+        let addr = endpoint.addr;
         match connect(addr, service.connect_timeout).await {
-            Ok(stream) => return Ok((stream, index)),
+            Ok(stream) => return Ok((stream, index, active)),
             Err(error) => {
                 log::debug!("connect to {addr} failed: {error}; trying another endpoint");
                 failed.push(Attempt { addr, error });

@@ -5,6 +5,7 @@ use super::buffers::BufferPool;
 use super::connect::{self, Attempt};
 use super::forward::{self, End};
 use crate::control::Table;
+use crate::runtime::RESOURCE_ERRORS;
 use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
@@ -108,9 +109,15 @@ pub async fn serve(
         );
         return;
     }
-    let (upstream, index) = match connect::establish(service, peer).await {
+    let (upstream, index, _active) = match connect::establish(service, peer).await {
         Ok(connected) => connected,
         Err(attempts) => {
+            // Out of descriptors, every client fails the same way: one line a
+            // second says so instead of one per client.
+            let exhausted = attempts.iter().any(|a| a.error.is_resource_exhaustion());
+            if exhausted && RESOURCE_ERRORS.allow().is_none() {
+                return;
+            }
             let list: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
             log::warn!(
                 "conn {id} from {peer} on {listener}: no endpoint of service {} answered after {} \
@@ -123,7 +130,6 @@ pub async fn serve(
         }
     };
     let endpoint = &service.members[index].endpoint;
-    let _active = endpoint.acquire();
     log::debug!(
         "conn {id} from {peer} on {listener}: connected to {}",
         endpoint.addr

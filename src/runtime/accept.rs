@@ -5,7 +5,7 @@
 //! (at most one line a second across the process), sleeps briefly and tries
 //! again rather than spinning on an error that cannot clear by itself.
 
-use super::log_limit::LogLimit;
+use super::log_limit::RESOURCE_ERRORS;
 use crate::proxy::session::{self, WorkerState};
 use socket2::SockRef;
 use std::io;
@@ -17,8 +17,6 @@ use tokio_uring::net::TcpListener;
 
 /// How long to wait after a resource error before accepting again.
 const BACKOFF: Duration = Duration::from_millis(100);
-
-static RESOURCE_ERRORS: LogLimit = LogLimit::new(Duration::from_secs(1));
 
 /// Accepts on `socket` until `stop` turns true, serving each client on this
 /// worker.

@@ -5,6 +5,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The gate for every line about running out of descriptors or kernel
+/// memory (accept and connect alike): one line a second for the process.
+pub static RESOURCE_ERRORS: LogLimit = LogLimit::new(Duration::from_secs(1));
+
 /// Lets one log line through per interval, counting the ones it holds back.
 #[derive(Debug)]
 pub struct LogLimit {

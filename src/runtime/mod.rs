@@ -7,7 +7,7 @@ mod log_limit;
 mod worker;
 
 pub use listeners::{ListenerChange, ListenerPlan, Listeners};
-pub use log_limit::LogLimit;
+pub use log_limit::{LogLimit, RESOURCE_ERRORS};
 
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Registrations, Snapshot, Table};
