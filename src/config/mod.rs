@@ -8,6 +8,7 @@ mod validate;
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
+pub use validate::MAX_DURATION;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -36,8 +36,19 @@ impl Problems {
         }
     }
 
+    /// Checks a duration against `min..=MAX_DURATION`.
     fn duration(&mut self, key: &str, text: &str, min: Duration) -> Option<Duration> {
         match parse_duration(text) {
+            Ok(d) if d > MAX_DURATION => {
+                let reason = "it is longer than 30 days, which no timeout here needs";
+                self.push(
+                    key,
+                    quoted(text),
+                    reason,
+                    "use a duration of 30 days or less",
+                );
+                None
+            }
             Ok(d) if d >= min => Some(d),
             Ok(_) => {
                 let reason = format!("it must be at least {}ms", min.as_millis());
@@ -68,6 +79,10 @@ impl Problems {
         }
     }
 }
+
+/// The longest duration any setting accepts: long enough for any timeout,
+/// short enough that deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn quoted(text: &str) -> String {
     format!("{text:?}")

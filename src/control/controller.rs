@@ -224,6 +224,13 @@ impl Controller {
             return Ok(format!("{path}: unchanged"));
         }
         self.last_text = Some(text.clone());
+        if text.trim().is_empty() {
+            // An empty file is a valid config with nothing in it, and what a
+            // reader sees between an editor's truncate and its write.
+            return Err(self.reject(format!(
+                "{path}: the file is empty (a write may be in progress)"
+            )));
+        }
         let config = Config::parse(&text, &self.path).map_err(|e| self.reject(e.to_string()))?;
         let plan = self
             .proxy

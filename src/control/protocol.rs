@@ -14,7 +14,7 @@
 //! human can act on. `Display` writes a request back in canonical form, so
 //! parse(display(r)) == r (checked by the fuzz target).
 
-use crate::config::{MAX_WEIGHT, parse_duration};
+use crate::config::{MAX_DURATION, MAX_WEIGHT, parse_duration};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -157,6 +157,9 @@ fn parse_weight(value: &str) -> Result<u32, String> {
 
 fn parse_ttl(value: &str) -> Result<Duration, String> {
     match parse_duration(value) {
+        Ok(ttl) if ttl > MAX_DURATION => Err(format!(
+            "ttl `{value}` is over 30 days; leave ttl out for a registration that lasts until deregistered"
+        )),
         Ok(ttl) if ttl >= Duration::from_millis(100) => Ok(ttl),
         Ok(_) => Err(format!(
             "ttl `{value}` is under 100ms; heartbeats could not keep up"
@@ -253,6 +256,7 @@ mod tests {
                 "ttl `soon` is not a duration",
             ),
             ("register web 127.0.0.1:1 ttl=1ms", "under 100ms"),
+            ("register web 127.0.0.1:1 ttl=999999999999h", "over 30 days"),
             (
                 "register web 127.0.0.1:1 color=red",
                 "unknown option `color=red`",

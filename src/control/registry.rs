@@ -97,9 +97,11 @@ impl RegistryServer {
 impl Drop for RegistryServer {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
-        // Wakes the acceptor blocked in accept(), which then sees the flag.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(acceptor) = self.acceptor.take() {
+        // Wakes the acceptor blocked in accept(), which then sees the flag
+        // and ends. If the socket file was already removed, nothing can wake
+        // it, so it is joined only when the wake-up went through.
+        let woken = UnixStream::connect(&self.path).is_ok();
+        if let Some(acceptor) = self.acceptor.take().filter(|_| woken) {
             let _ = acceptor.join();
         }
         let _ = std::fs::remove_file(&self.path);

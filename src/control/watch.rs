@@ -7,6 +7,7 @@
 //! Where inotify is unavailable, the directory is polled every 500 ms.
 
 use super::controller::ControlHandle;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{Event, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,12 +57,20 @@ impl ConfigWatcher {
                 dir: dir.clone(),
                 source: notify::Error::io(e),
             })?;
-        let handler = move |event: notify::Result<Event>| {
-            if event.is_ok() {
+        let polled = events.clone();
+        // With inotify, an in-place write is read once it is closed
+        // (IN_CLOSE_WRITE), never between its truncate and its write.
+        let inotify_handler = move |event: notify::Result<Event>| {
+            if event.is_ok_and(|e| marks_a_finished_change(&e.kind)) {
                 let _ = events.send(());
             }
         };
-        let inotify = RecommendedWatcher::new(handler.clone(), notify::Config::default())
+        let handler = move |event: notify::Result<Event>| {
+            if event.is_ok() {
+                let _ = polled.send(());
+            }
+        };
+        let inotify = RecommendedWatcher::new(inotify_handler, notify::Config::default())
             .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
         let watcher: Box<dyn Watcher + Send> = match inotify {
             Ok(watcher) => Box::new(watcher),
@@ -86,5 +95,41 @@ impl ConfigWatcher {
             }
         };
         Ok(ConfigWatcher { _watcher: watcher })
+    }
+}
+
+/// Whether an inotify event ends a change: a closed write, a create, a
+/// rename (editors, ConfigMap symlink swaps), a removal or a metadata change.
+/// Plain data writes and opens are skipped: the close that follows counts.
+fn marks_a_finished_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RenameMode};
+
+    #[test]
+    fn it_should_wait_for_the_close_of_an_in_place_write() {
+        assert!(!marks_a_finished_change(&EventKind::Modify(
+            ModifyKind::Data(DataChange::Any)
+        )));
+        assert!(!marks_a_finished_change(&EventKind::Access(
+            AccessKind::Open(AccessMode::Any)
+        )));
+        assert!(marks_a_finished_change(&EventKind::Access(
+            AccessKind::Close(AccessMode::Write)
+        )));
+        assert!(marks_a_finished_change(&EventKind::Modify(
+            ModifyKind::Name(RenameMode::To)
+        )));
+        assert!(marks_a_finished_change(&EventKind::Create(
+            CreateKind::File
+        )));
     }
 }

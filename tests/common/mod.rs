@@ -212,3 +212,136 @@ fn fastrand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
 }
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory under the system temp dir.
+    pub fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "l4mesh-test-{}-{}",
+            std::process::id(),
+            fastrand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A backend that sends one tag byte on connect, then echoes.
+pub fn tagged_echo_backend(tag: u8) -> SocketAddr {
+    backend(move |mut stream| {
+        if stream.write_all(&[tag]).is_err() {
+            return;
+        }
+        let mut reader = stream.try_clone().unwrap();
+        let _ = std::io::copy(&mut reader, &mut stream);
+        let _ = stream.shutdown(Shutdown::Write);
+    })
+}
+
+/// Connects to `addr` and returns the backend's tag byte (`None` if the
+/// connection closed first).
+pub fn tag_of(addr: SocketAddr) -> Option<u8> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut tag = [0u8; 1];
+    stream.read_exact(&mut tag).ok()?;
+    Some(tag[0])
+}
+
+/// `endpoints = [...]` for these addresses, weight 1.
+pub fn endpoint_list(addrs: &[SocketAddr]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    format!("endpoints = [{}]", list.join(", "))
+}
+
+/// A whole server (file watch, registry socket, controller) on a config
+/// file in its own temp dir.
+pub struct Served {
+    /// The server (dropped before the directory it lives in).
+    pub server: l4mesh::Server,
+    /// The temp dir holding the config and the socket.
+    pub dir: TempDir,
+    /// The config file.
+    pub path: std::path::PathBuf,
+}
+
+impl Served {
+    /// Writes `text` (with `SOCKET` replaced by the registry socket path) and
+    /// starts a server on it.
+    pub fn start(text: &str) -> Served {
+        let dir = TempDir::new();
+        let path = dir.join("l4mesh.toml");
+        std::fs::write(&path, Served::expand(&dir, text)).unwrap();
+        let server = l4mesh::Server::start(&path).unwrap();
+        Served { dir, path, server }
+    }
+
+    fn expand(dir: &TempDir, text: &str) -> String {
+        text.replace("SOCKET", &dir.join("registry.sock").display().to_string())
+    }
+
+    /// The registry socket's path.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("registry.sock")
+    }
+
+    /// Rewrites the config file in place (truncate and write).
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, Served::expand(&self.dir, text)).unwrap();
+    }
+
+    /// The address listener `name` is bound to now.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.server.local_addr(name).unwrap()
+    }
+
+    /// Waits until the controller has counted `n` successful reloads.
+    pub fn wait_for_reloads(&self, n: u64) {
+        eventually(Duration::from_secs(5), &format!("{n} reloads"), || {
+            self.server.reload_stats().successes() >= n
+        });
+    }
+
+    /// Waits until the controller has counted `n` rejected reloads.
+    pub fn wait_for_rejections(&self, n: u64) {
+        eventually(
+            Duration::from_secs(5),
+            &format!("{n} rejected reloads"),
+            || self.server.reload_stats().failures() >= n,
+        );
+    }
+}
+
+/// Sends raw bytes as one registry request and returns the parsed reply.
+pub fn registry_raw(socket: &Path, request: &[u8]) -> serde_json::Value {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Sends one registry request line and returns the parsed reply.
+pub fn registry(socket: &Path, request: &str) -> serde_json::Value {
+    registry_raw(socket, format!("{request}\n").as_bytes())
+}

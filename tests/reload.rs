@@ -1,0 +1,230 @@
+//! Config file reloads over real sockets: open connections are never
+//! disturbed, new ones follow each change, bad files never replace a good
+//! configuration, and every way a file really changes is noticed.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::symlink;
+use std::thread;
+use std::time::Duration;
+
+fn config(endpoints: &str, extra_listeners: &str) -> String {
+    format!(
+        "[runtime]\nworkers = 2\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n{extra_listeners}\n\
+         [services.web]\n{endpoints}\n"
+    )
+}
+
+/// Waits until new connections to `addr` reach the backend tagged `tag`.
+fn follows(addr: std::net::SocketAddr, tag: u8) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("new connections reach {}", tag as char),
+        || tag_of(addr) == Some(tag),
+    );
+}
+
+#[test]
+fn it_should_stream_without_a_lost_byte_across_20_reloads_while_new_connections_follow() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let served = Served::start(&config(&endpoint_list(&[a]), ""));
+    let addr = served.addr("web");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let sent = thread::spawn(move || {
+        let mut sent = Vec::new();
+        let mut counter = 0u32;
+        while stop_rx.try_recv().is_err() {
+            let chunk: Vec<u8> = (0..4096)
+                .map(|i| (counter.wrapping_mul(31) + i) as u8)
+                .collect();
+            writer.write_all(&chunk).unwrap();
+            sent.extend_from_slice(&chunk);
+            counter += 1;
+            thread::sleep(Duration::from_millis(2));
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+        sent
+    });
+    let reader = thread::spawn(move || {
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        received
+    });
+    for round in 0..20 {
+        let (endpoint, tag) = if round % 2 == 0 { (b, b'B') } else { (a, b'A') };
+        served.write(&config(&endpoint_list(&[endpoint]), ""));
+        served.wait_for_reloads(round + 1);
+        follows(addr, tag);
+    }
+    stop_tx.send(()).unwrap();
+    let sent = sent.join().unwrap();
+    let received = reader.join().unwrap();
+    assert_eq!(received[0], b'A', "the stream stayed on its first backend");
+    assert_eq!(received.len() - 1, sent.len());
+    assert!(received[1..] == sent[..], "bytes lost or reordered");
+}
+
+#[test]
+fn it_should_reject_broken_files_and_keep_serving_the_previous_configuration() {
+    let a = tagged_echo_backend(b'A');
+    let served = Served::start(&config(&endpoint_list(&[a]), ""));
+    let addr = served.addr("web");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap(); // no SO_REUSEPORT: unbindable
+    let broken = [
+        ("[services.web\n".to_string(), "line 1"),
+        ("\n".to_string(), "the file is empty"),
+        (
+            config("endpoints = [{ addr = \"127.0.0.1:9\", weight = 0 }]", ""),
+            "services.web.endpoints[0].weight = 0",
+        ),
+        (
+            config(
+                &endpoint_list(&[a]),
+                &format!(
+                    "[listeners.api]\nlisten = \"{}\"\nservice = \"web\"\n",
+                    taken.local_addr().unwrap()
+                ),
+            ),
+            "listeners.api.listen",
+        ),
+    ];
+    for (n, (text, key)) in broken.iter().enumerate() {
+        served.write(text);
+        served.wait_for_rejections(n as u64 + 1);
+        let error = served.server.control().reload().unwrap_err();
+        assert!(error.contains("l4mesh.toml"), "{error}");
+        assert!(error.contains(key), "{error}");
+        assert!(
+            error.ends_with("keeping the previous configuration"),
+            "{error}"
+        );
+        assert_eq!(tag_of(addr), Some(b'A'), "the old configuration serves");
+        assert!(served.server.local_addr("api").is_none());
+    }
+    assert_eq!(served.server.reload_stats().successes(), 0);
+}
+
+#[test]
+fn it_should_notice_an_editor_rename_and_a_configmap_symlink_swap() {
+    let (a, b, c) = (
+        tagged_echo_backend(b'A'),
+        tagged_echo_backend(b'B'),
+        tagged_echo_backend(b'C'),
+    );
+    // Kubernetes mounts a ConfigMap as FILE -> ..data/FILE, ..data -> ..v1,
+    // and updates it by pointing ..data at a new directory with a rename.
+    let dir = TempDir::new();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::write(
+        dir.join("..v1/l4mesh.toml"),
+        config(&endpoint_list(&[a]), ""),
+    )
+    .unwrap();
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/l4mesh.toml", dir.join("l4mesh.toml")).unwrap();
+    let server = l4mesh::Server::start(&dir.join("l4mesh.toml")).unwrap();
+    let addr = server.local_addr("web").unwrap();
+    assert_eq!(tag_of(addr), Some(b'A'));
+
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(
+        dir.join("..v2/l4mesh.toml"),
+        config(&endpoint_list(&[b]), ""),
+    )
+    .unwrap();
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    follows(addr, b'B');
+
+    // An editor: write a temp file beside it, rename it over the original.
+    let plain = TempDir::new();
+    let path = plain.join("l4mesh.toml");
+    std::fs::write(&path, config(&endpoint_list(&[a]), "")).unwrap();
+    let server2 = l4mesh::Server::start(&path).unwrap();
+    let addr2 = server2.local_addr("web").unwrap();
+    std::fs::write(
+        plain.join(".l4mesh.toml.swp"),
+        config(&endpoint_list(&[c]), ""),
+    )
+    .unwrap();
+    std::fs::rename(plain.join(".l4mesh.toml.swp"), &path).unwrap();
+    follows(addr2, b'C');
+}
+
+#[test]
+fn it_should_add_remove_and_rebind_listeners() {
+    let a = tagged_echo_backend(b'A');
+    let served = Served::start(&config(&endpoint_list(&[a]), ""));
+    let api = "[listeners.api]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n";
+    served.write(&config(&endpoint_list(&[a]), api));
+    served.wait_for_reloads(1);
+    let api_addr = served.addr("api");
+    assert_eq!(tag_of(api_addr), Some(b'A'));
+
+    // Removing it stops new connections; one already open runs on.
+    let mut open = TcpStream::connect(api_addr).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    served.write(&config(&endpoint_list(&[a]), ""));
+    served.wait_for_reloads(2);
+    eventually(Duration::from_secs(5), "api refused", || {
+        TcpStream::connect(api_addr).is_err()
+    });
+    assert!(served.server.local_addr("api").is_none());
+    open.write_all(b"still here").unwrap();
+    let mut reply = [0u8; 11];
+    open.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"Astill here");
+
+    // Rebinding web to another port moves it.
+    let old = served.addr("web");
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let moved = config(&endpoint_list(&[a]), "").replace("127.0.0.1:0", &free.to_string());
+    served.write(&moved);
+    served.wait_for_reloads(3);
+    assert_eq!(served.addr("web"), free);
+    assert_eq!(tag_of(free), Some(b'A'));
+    eventually(Duration::from_secs(5), "old port refused", || {
+        TcpStream::connect(old).is_err()
+    });
+}
+
+#[test]
+fn it_should_log_one_error_line_for_a_rejected_reload_from_the_binary() {
+    let a = tagged_echo_backend(b'A');
+    let good = config(&endpoint_list(&[a]), "");
+    let binary = Binary::start(&good, &[]);
+    let file = binary
+        .wait_for_line(Duration::from_secs(5), "serving ")
+        .split("serving ")
+        .nth(1)
+        .unwrap()
+        .split(" with ")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&file, good.replace("{ addr", "{ weight = 0, addr")).unwrap();
+    let line = binary.wait_for_line(Duration::from_secs(5), "reload rejected");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(&file), "{line}");
+    assert!(
+        line.contains("services.web.endpoints[0].weight = 0"),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("keeping the previous configuration"),
+        "{line}"
+    );
+    assert_eq!(tag_of(binary.addr()), Some(b'A'));
+}
