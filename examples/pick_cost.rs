@@ -87,6 +87,7 @@ impl Bench {
             let client = self.clients[(offset + k) % CLIENTS];
             let picked = self.policy.pick(&Pick {
                 client,
+                retry: false,
                 skip: &|_| false,
                 active: &active,
             });

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use l4mesh::control::ctl;
 use l4mesh::{Config, Server};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,8 +105,8 @@ fn main() -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install the signal handlers")?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .context("cannot install the signal handlers")?;
     raise_fd_limit();
     let server = Server::start(path)?;
     for (name, addr) in server.listeners() {
@@ -120,6 +120,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     );
     let stop = server.stop_handle();
     let control = server.control().clone();
+    let access_log = server.access_log();
     std::thread::Builder::new()
         .name("l4mesh-signals".into())
         .spawn(move || {
@@ -127,6 +128,11 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 if signal == SIGHUP {
                     log::info!("SIGHUP: reloading the config file");
                     control.request_reload(true);
+                } else if signal == SIGUSR1 {
+                    match &access_log {
+                        Some(log) => log.reopen(),
+                        None => log::info!("SIGUSR1: the access log is off; nothing to reopen"),
+                    }
                 } else if !stop.is_stopping() {
                     log::info!(
                         "signal {signal}: no longer accepting; draining open connections (send \

@@ -6,6 +6,8 @@ use crate::control::{
     ConfigWatcher, ControlHandle, Controller, RegistryError, RegistryServer, ReloadStats, Table,
     WatchError,
 };
+use crate::metrics::access_log::AccessLog;
+use crate::metrics::admin::{Admin, AdminState};
 use crate::runtime::{Proxy, StartError, StopHandle};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,6 +32,17 @@ pub enum ServerError {
     /// The controller thread could not start.
     #[error("cannot start the controller thread: {0}")]
     Thread(std::io::Error),
+    /// The access log file cannot be opened.
+    #[error("access_log.path: cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    /// The admin listener cannot be bound.
+    #[error("admin.listen = \"{addr}\": cannot listen there: {source}")]
+    Admin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// A running server.
@@ -42,6 +55,8 @@ pub struct Server {
     watcher: ConfigWatcher,
     registry: Option<RegistryServer>,
     workers: usize,
+    access_log: Option<AccessLog>,
+    admin: Option<Admin>,
 }
 
 impl Server {
@@ -59,9 +74,22 @@ impl Server {
             Some(registry) => Some(RegistryServer::start(registry, control.clone())?),
             None => None,
         };
-        let proxy = Proxy::start(&config)?;
+        let access_log = AccessLog::start(&config.access_log).map_err(ServerError::AccessLog)?;
+        let proxy = Proxy::start(&config, access_log.clone())?;
         let workers = config.runtime.workers;
         let stats = Arc::new(ReloadStats::default());
+        let admin = match config.admin {
+            Some(addr) => {
+                let state = AdminState {
+                    proxy: proxy.control(),
+                    reloads: Arc::clone(&stats),
+                    access_log: access_log.clone(),
+                };
+                let admin = Admin::start(addr, state);
+                Some(admin.map_err(|source| ServerError::Admin { addr, source })?)
+            }
+            None => None,
+        };
         let controller = Controller::new(config, text, proxy.control(), Arc::clone(&stats))
             .spawn(commands)
             .map_err(ServerError::Thread)?;
@@ -74,7 +102,19 @@ impl Server {
             watcher,
             registry,
             workers,
+            access_log,
+            admin,
         })
+    }
+
+    /// The admin listener's address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
+    }
+
+    /// A handle on the access log, to reopen its file (SIGUSR1).
+    pub fn access_log(&self) -> Option<AccessLog> {
+        self.access_log.clone()
     }
 
     /// The number of worker threads.

@@ -74,6 +74,7 @@ mod tests {
     fn pick(policy: &LeastConn, active: &[u64], skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         policy.pick(&Pick {
             client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            retry: false,
             skip,
             active: &|i| active[i],
         })
@@ -115,6 +116,7 @@ mod tests {
             let i = policy
                 .pick(&Pick {
                     client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    retry: false,
                     skip: &|_| false,
                     active: &|i| active.borrow()[i],
                 })

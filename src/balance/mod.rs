@@ -22,6 +22,9 @@ use std::net::IpAddr;
 pub struct Pick<'a> {
     /// The client's address.
     pub client: IpAddr,
+    /// Whether this pick replaces an endpoint that just failed for this
+    /// client (failover), rather than serving a new client.
+    pub retry: bool,
     /// True for endpoints that must not be picked (already tried for this
     /// client, draining, unhealthy or full).
     pub skip: &'a dyn Fn(usize) -> bool,
@@ -80,6 +83,7 @@ pub(crate) mod tests {
     pub(crate) fn pick_with(policy: &dyn Policy, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         policy.pick(&Pick {
             client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            retry: false,
             skip,
             active: &|_| 0,
         })
@@ -93,6 +97,7 @@ pub(crate) mod tests {
     ) -> Option<usize> {
         policy.pick(&Pick {
             client,
+            retry: false,
             skip,
             active: &|_| 0,
         })
@@ -146,6 +151,7 @@ pub(crate) mod tests {
                     for _ in 0..5 {
                         let picked = picker.pick(&Pick {
                             client: random_client(&mut rng),
+                            retry: false,
                             skip: &skip,
                             active: &|i| active[i],
                         });

@@ -105,6 +105,7 @@ mod tests {
     fn pick(policy: &PowerOfTwo, active: &[u64], skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         policy.pick(&Pick {
             client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            retry: false,
             skip,
             active: &|i| active[i],
         })
@@ -160,6 +161,7 @@ mod tests {
             let i = policy
                 .pick(&Pick {
                     client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    retry: false,
                     skip: &|_| false,
                     active: &|i| active.borrow()[i],
                 })

@@ -33,7 +33,14 @@ impl Policy for SmoothWeighted {
         if len == 0 {
             return None;
         }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        // A failover continues from where the cursor is, without taking the
+        // next client's turn (as nginx's retry does): otherwise, with one dead
+        // endpoint of two, every client would meet the dead one first.
+        let start = if request.retry {
+            self.cursor.load(Ordering::Relaxed)
+        } else {
+            self.cursor.fetch_add(1, Ordering::Relaxed)
+        };
         (0..len)
             .map(|k| self.schedule[(start + k) % len] as usize)
             .find(|&i| !skip(i))
@@ -75,6 +82,25 @@ mod tests {
         // nginx's documented example: weights a=5, b=1, c=1 give a a b a c a a.
         assert_eq!(schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(schedule(&[2, 6]), vec![1, 0, 1, 1]);
+    }
+
+    #[test]
+    fn it_should_not_take_the_next_clients_turn_on_failover() {
+        let rr = SmoothWeighted::new(&[1, 1]);
+        let pick = |retry: bool, skip: &dyn Fn(usize) -> bool| {
+            rr.pick(&Pick {
+                client: "127.0.0.1".parse().unwrap(),
+                retry,
+                skip,
+                active: &|_| 0,
+            })
+        };
+        // Client 1 meets endpoint 0, which fails; its retry gets endpoint 1.
+        assert_eq!(pick(false, &|_| false), Some(0));
+        assert_eq!(pick(true, &|i| i == 0), Some(1));
+        // Client 2 still gets its own turn, endpoint 1, not endpoint 0 again.
+        assert_eq!(pick(false, &|_| false), Some(1));
+        assert_eq!(pick(false, &|_| false), Some(0));
     }
 
     #[test]

@@ -170,6 +170,7 @@ mod tests {
     fn pick(policy: &Maglev, client: IpAddr, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         policy.pick(&Pick {
             client,
+            retry: false,
             skip,
             active: &|_| 0,
         })

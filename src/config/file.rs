@@ -21,6 +21,40 @@ pub struct FileConfig {
     pub services: BTreeMap<String, FileService>,
     /// `[registry]`: the run-time registration socket, if any.
     pub registry: Option<FileRegistry>,
+    /// `[admin]`: the admin HTTP listener, if any.
+    pub admin: Option<FileAdmin>,
+    /// `[access_log]`: one line per closed connection.
+    #[serde(default)]
+    pub access_log: FileAccessLog,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// `IP:port` of the admin HTTP listener.
+    pub listen: String,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// `"off"`, `"stderr"` or a file path.
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+    /// `"logfmt"` or `"json"`.
+    #[serde(default = "default_access_log_format")]
+    pub format: String,
+}
+
+impl Default for FileAccessLog {
+    fn default() -> Self {
+        FileAccessLog {
+            path: default_access_log_path(),
+            format: default_access_log_format(),
+        }
+    }
 }
 
 /// `[registry]`.
@@ -125,6 +159,12 @@ fn default_idle_timeout() -> String {
 }
 fn default_connect_attempts() -> i64 {
     3
+}
+fn default_access_log_path() -> String {
+    "off".to_string()
+}
+fn default_access_log_format() -> String {
+    "logfmt".to_string()
 }
 fn default_registry_mode() -> String {
     "0600".to_string()

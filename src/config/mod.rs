@@ -29,6 +29,39 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// `[registry]`, if present.
     pub registry: Option<RegistryConfig>,
+    /// `[admin]`: where the admin HTTP listener listens, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// `[access_log]`.
+    pub access_log: AccessLogConfig,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Nowhere.
+    Off,
+    /// Standard error.
+    Stderr,
+    /// Appended to this file (reopened on SIGUSR1, for logrotate).
+    File(PathBuf),
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `key=value` pairs.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[access_log]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Where lines go.
+    pub target: AccessLogTarget,
+    /// How they are written.
+    pub format: AccessLogFormat,
 }
 
 /// `[registry]`, validated.

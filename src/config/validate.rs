@@ -1,10 +1,13 @@
 //! Turns the file's shape into a [`Config`], collecting every problem with
 //! the key path, the value, the reason and the fix.
 
-use super::file::{FileConfig, FileEndpoint, FileListener, FileRegistry, FileRuntime, FileService};
+use super::file::{
+    FileAccessLog, FileConfig, FileEndpoint, FileListener, FileRegistry, FileRuntime, FileService,
+};
 use super::{
-    BalancePolicy, Config, EndpointConfig, ListenerConfig, MAX_WEIGHT, Problem, RegistryConfig,
-    RuntimeConfig, ServiceConfig, parse_duration,
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
+    ListenerConfig, MAX_WEIGHT, Problem, RegistryConfig, RuntimeConfig, ServiceConfig,
+    parse_duration,
 };
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -103,13 +106,20 @@ pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
         .registry
         .as_ref()
         .and_then(|r| registry(r, &mut problems));
-    match runtime {
-        Some(runtime) if problems.0.is_empty() => Ok(Config {
+    let admin = file
+        .admin
+        .as_ref()
+        .and_then(|a| problems.address("admin.listen", &a.listen, true));
+    let access_log = access_log(&file.access_log, &mut problems);
+    match (runtime, access_log) {
+        (Some(runtime), Some(access_log)) if problems.0.is_empty() => Ok(Config {
             path: path.to_path_buf(),
             runtime,
             listeners,
             services,
             registry,
+            admin,
+            access_log,
         }),
         _ => Err(problems.0),
     }
@@ -148,6 +158,37 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         buffer_size: buffer_size? as usize,
         drain_timeout: drain_timeout?,
         backlog: backlog? as u32,
+    })
+}
+
+fn access_log(file: &FileAccessLog, problems: &mut Problems) -> Option<AccessLogConfig> {
+    let target = match file.path.trim() {
+        "" => {
+            let fix = "use \"off\", \"stderr\" or a file path";
+            problems.push("access_log.path", quoted(&file.path), "it is empty", fix);
+            None
+        }
+        "off" => Some(AccessLogTarget::Off),
+        "stderr" => Some(AccessLogTarget::Stderr),
+        path => Some(AccessLogTarget::File(path.into())),
+    };
+    let format = match file.format.as_str() {
+        "logfmt" => Some(AccessLogFormat::Logfmt),
+        "json" => Some(AccessLogFormat::Json),
+        _ => {
+            let fix = "use \"logfmt\" or \"json\"";
+            problems.push(
+                "access_log.format",
+                quoted(&file.format),
+                "not a log format",
+                fix,
+            );
+            None
+        }
+    };
+    Some(AccessLogConfig {
+        target: target?,
+        format: format?,
     })
 }
 

@@ -10,6 +10,7 @@
 use super::registrations::Registrations;
 use crate::balance::{self, Pick, Policy};
 use crate::config::{Config, EndpointConfig, ListenerConfig, ServiceConfig};
+use crate::metrics::{EndpointStats, ListenerStats, ServiceStats};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,13 +26,16 @@ pub type Table = Arc<ArcSwap<Snapshot>>;
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// Per-worker counters.
+    pub stats: EndpointStats,
     active: AtomicU64,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Endpoint {
+    fn new(addr: SocketAddr, workers: usize) -> Endpoint {
         Endpoint {
             addr,
+            stats: EndpointStats::new(workers),
             active: AtomicU64::new(0),
         }
     }
@@ -110,6 +114,8 @@ pub struct Service {
     pub connect_attempts: u32,
     /// The endpoints: the file's in file order, then registered ones.
     pub members: Vec<Member>,
+    /// Per-worker counters, kept across rebuilds of the service.
+    pub stats: Arc<ServiceStats>,
     policy: Box<dyn Policy>,
     /// The file's settings this was built from, to reuse it when unchanged.
     config: ServiceConfig,
@@ -118,9 +124,11 @@ pub struct Service {
 impl Service {
     /// Picks a member for a connection from `client`, never a draining one
     /// nor one for which `skip(index)` is true.
-    pub fn pick(&self, client: IpAddr, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+    /// `retry` marks a failover pick for a client whose last endpoint failed.
+    pub fn pick(&self, client: IpAddr, retry: bool, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         self.policy.pick(&Pick {
             client,
+            retry,
             skip: &|i| self.members[i].draining || skip(i),
             active: &|i| self.members[i].endpoint.active(),
         })
@@ -137,12 +145,13 @@ impl Service {
         config: &ServiceConfig,
         registrations: &Registrations,
         previous: Option<&Arc<Service>>,
+        workers: usize,
     ) -> Arc<Service> {
         let endpoint = |addr: SocketAddr| {
             previous
                 .and_then(|p| p.member(addr))
                 .map(|m| Arc::clone(&m.endpoint))
-                .unwrap_or_else(|| Arc::new(Endpoint::new(addr)))
+                .unwrap_or_else(|| Arc::new(Endpoint::new(addr, workers)))
         };
         let draining = |addr| registrations.is_drained(&(config.name.clone(), addr));
         let mut members: Vec<Member> = config
@@ -193,9 +202,22 @@ impl Service {
             connect_attempts: config.connect_attempts.get(),
             policy: balance::build(config.balance, &endpoints),
             members,
+            stats: previous.map_or_else(
+                || Arc::new(ServiceStats::new(workers)),
+                |p| Arc::clone(&p.stats),
+            ),
             config: config.clone(),
         })
     }
+}
+
+/// A listener in the table, with its counters (kept across reloads by name).
+#[derive(Debug)]
+pub struct Listener {
+    /// Its config.
+    pub config: ListenerConfig,
+    /// Per-worker counters.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// One immutable routing table.
@@ -204,7 +226,7 @@ pub struct Snapshot {
     /// Increases by one with every published snapshot.
     pub generation: u64,
     /// The listeners this snapshot serves.
-    pub listeners: Vec<ListenerConfig>,
+    pub listeners: Vec<Listener>,
     /// Services by name.
     pub services: BTreeMap<String, Arc<Service>>,
 }
@@ -223,20 +245,36 @@ impl Snapshot {
             .iter()
             .map(|s| {
                 let old = previous.and_then(|p| p.services.get(&s.name));
-                (s.name.clone(), Service::build(s, registrations, old))
+                let service = Service::build(s, registrations, old, config.runtime.workers);
+                (s.name.clone(), service)
+            })
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| Listener {
+                config: l.clone(),
+                stats: previous.and_then(|p| p.listener(&l.name)).map_or_else(
+                    || Arc::new(ListenerStats::new(config.runtime.workers)),
+                    |old| Arc::clone(&old.stats),
+                ),
             })
             .collect();
         Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
-            listeners: config.listeners.clone(),
+            listeners,
             services,
         }
     }
 
+    /// Listener `name`.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.config.name == name)
+    }
+
     /// The service that connections on listener `name` go to.
     pub fn route(&self, listener: &str) -> Option<&Arc<Service>> {
-        let listener = self.listeners.iter().find(|l| l.name == listener)?;
-        self.services.get(&listener.service)
+        self.services.get(&self.listener(listener)?.config.service)
     }
 }
 
@@ -302,7 +340,10 @@ mod tests {
         );
         // The draining file endpoint is never picked.
         for _ in 0..10 {
-            assert_eq!(s.pick("127.0.0.1".parse().unwrap(), &|_| false), Some(1));
+            assert_eq!(
+                s.pick("127.0.0.1".parse().unwrap(), false, &|_| false),
+                Some(1)
+            );
         }
     }
 }

@@ -9,10 +9,11 @@
 //! tokio-uring for the data path.
 
 use crate::control::{ActiveGuard, Service};
+use crate::metrics::{CONNECT_BUCKETS, FailureReason};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
 
 /// Why one connect attempt failed. Every kind lets failover try another
@@ -31,6 +32,15 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// The `reason` label of the failure metric.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            ConnectError::Refused => FailureReason::Refused,
+            ConnectError::Timeout(_) => FailureReason::Timeout,
+            ConnectError::Other(_) => FailureReason::Other,
+        }
+    }
+
     /// Whether it failed for want of descriptors or kernel memory, which
     /// says nothing about the endpoint.
     pub fn is_resource_exhaustion(&self) -> bool {
@@ -59,6 +69,18 @@ impl fmt::Display for Attempt {
     }
 }
 
+/// An established upstream connection.
+pub struct Connected {
+    /// The connected socket.
+    pub stream: TcpStream,
+    /// The member of the service it goes to.
+    pub index: usize,
+    /// Connect attempts it took, this one included.
+    pub attempts: u32,
+    /// Counts it as active on the endpoint while alive.
+    _active: ActiveGuard,
+}
+
 /// Connects to `addr` within `timeout`, with `TCP_NODELAY` set.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let socket = if addr.is_ipv4() {
@@ -81,27 +103,47 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 }
 
 /// Connects `client` to an endpoint of `service`, trying distinct endpoints
-/// until one answers or `connect_attempts` have failed. Returns the stream,
-/// the member index and the guard that counts the connection as active on
-/// that endpoint, or every failed attempt. The count starts at the pick, so
-/// load-aware policies see connections that are still connecting.
+/// until one answers or `connect_attempts` have failed. Returns the
+/// connection (which counts as active on its endpoint while alive), or every
+/// failed attempt. The count starts at the pick, so load-aware policies see
+/// connections that are still connecting.
+///
+/// Each attempt is counted in worker `worker`'s slots: a success in the
+/// endpoint's connections and the service's connect-time histogram, a
+/// failure in the endpoint's failures by reason.
 pub async fn establish(
     service: &Service,
     client: SocketAddr,
-) -> Result<(TcpStream, usize, ActiveGuard), Vec<Attempt>> {
+    worker: usize,
+) -> Result<Connected, Vec<Attempt>> {
     let mut tried: Vec<usize> = Vec::new();
     let mut failed = Vec::new();
     for _ in 0..service.connect_attempts {
-        let Some(index) = service.pick(client.ip(), &|i| tried.contains(&i)) else {
+        let Some(index) = service.pick(client.ip(), !tried.is_empty(), &|i| tried.contains(&i))
+        else {
             break;
         };
         tried.push(index);
         let endpoint = &service.members[index].endpoint;
         let active = endpoint.acquire();
         let addr = endpoint.addr;
+        let started = Instant::now();
+        let counts = endpoint.stats.slot(worker);
         match connect(addr, service.connect_timeout).await {
-            Ok(stream) => return Ok((stream, index, active)),
+            Ok(stream) => {
+                counts.connections.add(1);
+                let took = started.elapsed().as_secs_f64();
+                let histogram = &service.stats.slot(worker).connect_duration;
+                histogram.observe(&CONNECT_BUCKETS, took);
+                return Ok(Connected {
+                    stream,
+                    index,
+                    attempts: failed.len() as u32 + 1,
+                    _active: active,
+                });
+            }
             Err(error) => {
+                counts.failures[error.reason() as usize].add(1);
                 log::debug!("connect to {addr} failed: {error}; trying another endpoint");
                 failed.push(Attempt { addr, error });
             }

@@ -9,6 +9,7 @@
 //! both directions to return their buffers.
 
 use super::buffers::BufferPool;
+use crate::metrics::Counter;
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
@@ -20,8 +21,12 @@ use tokio_uring::net::TcpStream;
 /// How a forwarded connection ended.
 #[derive(Debug)]
 pub enum End {
-    /// Both sides closed their write side: the normal end.
-    Closed,
+    /// Both sides closed their write side: the normal end. `client_first`
+    /// says who closed first.
+    Closed {
+        /// The client sent its EOF before the upstream did.
+        client_first: bool,
+    },
     /// No bytes moved either way for `idle_timeout`.
     Idle,
     /// Closed by a graceful shutdown that ran out of time.
@@ -41,39 +46,69 @@ pub struct Outcome {
     pub end: End,
 }
 
+/// Where the bytes of each direction are counted, per I/O operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Meters<'a> {
+    /// Bytes read from the client.
+    pub rx: &'a Counter,
+    /// Bytes written to the client.
+    pub tx: &'a Counter,
+}
+
+/// What both directions of one connection share.
+struct Shared<'a> {
+    buffers: &'a BufferPool,
+    last_active: Cell<Instant>,
+    /// The direction that ended first, once one has.
+    first_done: Cell<Option<Direction>>,
+}
+
+/// Which way a pump moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FromClient,
+    ToClient,
+}
+
 /// Forwards between `client` and `upstream` until both directions end, the
 /// connection idles for `idle_timeout`, or `drain` turns true.
 pub async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
     buffers: &BufferPool,
+    meters: Meters<'_>,
     idle_timeout: Duration,
     mut drain: watch::Receiver<bool>,
 ) -> Outcome {
-    let last_active = Cell::new(Instant::now());
-    let finished = Cell::new(false);
+    let shared = Shared {
+        buffers,
+        last_active: Cell::new(Instant::now()),
+        first_done: Cell::new(None),
+    };
     let both = async {
         tokio::join!(
-            pump(client, upstream, buffers, &last_active, &finished),
-            pump(upstream, client, buffers, &last_active, &finished)
+            pump(client, upstream, &shared, Direction::FromClient, meters.rx),
+            pump(upstream, client, &shared, Direction::ToClient, meters.tx)
         )
     };
     tokio::pin!(both);
     let forced = tokio::select! {
-        (up, down) = &mut both => return outcome(up, down, None),
-        () = idle(&last_active, idle_timeout) => End::Idle,
+        (up, down) = &mut both => return outcome(up, down, None, &shared),
+        () = idle(&shared.last_active, idle_timeout) => End::Idle,
         _ = drain.wait_for(|draining| *draining) => End::Drained,
     };
     close(client, upstream);
     let (up, down) = both.await;
-    outcome(up, down, Some(forced))
+    outcome(up, down, Some(forced), &shared)
 }
 
-fn outcome(up: Pumped, down: Pumped, forced: Option<End>) -> Outcome {
+fn outcome(up: Pumped, down: Pumped, forced: Option<End>, shared: &Shared<'_>) -> Outcome {
     let end = match (forced, up.error, down.error) {
         (Some(end), _, _) => end,
         (None, Some(e), _) | (None, None, Some(e)) => End::Error(e),
-        (None, None, None) => End::Closed,
+        (None, None, None) => End::Closed {
+            client_first: shared.first_done.get() == Some(Direction::FromClient),
+        },
     };
     Outcome {
         rx: up.bytes,
@@ -89,16 +124,16 @@ struct Pumped {
 }
 
 /// Copies `from` → `to` until EOF (then half-closes `to`) or an error (then
-/// shuts both sockets down, which ends the other direction too). `finished`
-/// turns true when either direction has ended.
+/// shuts both sockets down, which ends the other direction too), counting
+/// the bytes of every read in `meter`.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    buffers: &BufferPool,
-    last_active: &Cell<Instant>,
-    finished: &Cell<bool>,
+    shared: &Shared<'_>,
+    direction: Direction,
+    meter: &Counter,
 ) -> Pumped {
-    let mut buffer = buffers.take();
+    let mut buffer = shared.buffers.take();
     let mut bytes = 0u64;
     let error = loop {
         let (read, returned) = from.read(buffer).await;
@@ -109,7 +144,7 @@ async fn pump(
                 // closed as soon as this returns, and close() sends the FIN:
                 // the shutdown would be a wasted syscall. Otherwise it is the
                 // half-close. Its error means the peer is gone: nothing to tell.
-                if !finished.get() {
+                if shared.first_done.get().is_none() {
                     let _ = to.shutdown(Shutdown::Write);
                 }
                 break None;
@@ -117,17 +152,20 @@ async fn pump(
             Ok(n) => n,
             Err(e) => break Some(e),
         };
-        last_active.set(Instant::now());
+        shared.last_active.set(Instant::now());
+        meter.add(n as u64);
         let (written, slice) = to.write_all(buffer.slice(..n)).await;
         buffer = slice.into_inner();
         if let Err(e) = written {
             break Some(e);
         }
         bytes += n as u64;
-        last_active.set(Instant::now());
+        shared.last_active.set(Instant::now());
     };
-    buffers.give_back(buffer);
-    finished.set(true);
+    shared.buffers.give_back(buffer);
+    if shared.first_done.get().is_none() {
+        shared.first_done.set(Some(direction));
+    }
     if error.is_some() {
         close(from, to);
     }

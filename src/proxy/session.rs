@@ -3,13 +3,17 @@
 
 use super::buffers::BufferPool;
 use super::connect::{self, Attempt};
-use super::forward::{self, End};
+use super::forward::{self, End, Meters};
 use crate::control::Table;
+use crate::metrics::DURATION_BUCKETS;
+use crate::metrics::access_log::{AccessLog, Ending, Record};
 use crate::runtime::RESOURCE_ERRORS;
 use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_uring::net::TcpStream;
 
@@ -26,6 +30,8 @@ pub struct WorkerState {
     pub drain: watch::Receiver<bool>,
     /// Connections open on this worker now.
     pub open: Cell<usize>,
+    /// Where access-log records go, if anywhere.
+    pub access_log: Option<AccessLog>,
     next_id: Cell<u64>,
 }
 
@@ -36,6 +42,7 @@ impl WorkerState {
         table: Table,
         buffers: BufferPool,
         drain: watch::Receiver<bool>,
+        access_log: Option<AccessLog>,
     ) -> WorkerState {
         WorkerState {
             index,
@@ -43,6 +50,7 @@ impl WorkerState {
             buffers,
             drain,
             open: Cell::new(0),
+            access_log,
             next_id: Cell::new(0),
         }
     }
@@ -87,7 +95,8 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Serves one accepted client on listener `listener` until it closes.
+/// Serves one accepted client on listener `listener` until it closes, then
+/// counts it and writes its access-log record.
 pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
@@ -96,62 +105,98 @@ pub async fn serve(
 ) {
     let _open = OpenGuard::new(&worker);
     let id = worker.next_id();
+    let started = Instant::now();
+    let start = SystemTime::now();
     let snapshot = worker.table.load_full();
-    let Some(service) = snapshot.route(&listener) else {
+    let (Some(route), Some(service)) = (snapshot.listener(&listener), snapshot.route(&listener))
+    else {
         log::warn!("conn {id} from {peer}: listener {listener} has no route; closing the client");
         return;
     };
-    if service.members.is_empty() {
-        log::warn!(
-            "conn {id} from {peer} on {listener}: service {} has no endpoints; closing the client \
-             (add endpoints to the config file or register them)",
-            service.name
-        );
-        return;
-    }
-    let (upstream, index, _active) = match connect::establish(service, peer).await {
-        Ok(connected) => connected,
+    let counts = route.stats.slot(worker.index);
+    counts.accepted.add(1);
+    let mut record = Record {
+        start,
+        duration: Duration::ZERO,
+        listener: Arc::from(&*listener),
+        client: peer,
+        endpoint: None,
+        rx: 0,
+        tx: 0,
+        attempts: 0,
+        end: Ending::NoEndpoint,
+    };
+    match connect::establish(service, peer, worker.index).await {
+        Ok(connected) => {
+            let endpoint = service.members[connected.index].endpoint.addr;
+            log::debug!("conn {id} from {peer} on {listener}: connected to {endpoint}");
+            let meters = Meters {
+                rx: &counts.rx_bytes,
+                tx: &counts.tx_bytes,
+            };
+            let outcome = forward::forward(
+                &client,
+                &connected.stream,
+                &worker.buffers,
+                meters,
+                service.idle_timeout,
+                worker.drain.clone(),
+            )
+            .await;
+            record.endpoint = Some(endpoint);
+            record.attempts = connected.attempts;
+            (record.rx, record.tx) = (outcome.rx, outcome.tx);
+            record.end = match &outcome.end {
+                End::Closed { client_first: true } => Ending::ClientClosed,
+                End::Closed {
+                    client_first: false,
+                } => Ending::UpstreamClosed,
+                End::Idle => Ending::IdleTimeout,
+                End::Drained => Ending::DrainedAtShutdown,
+                End::Error(e) => {
+                    log::debug!("conn {id} from {peer} to {endpoint}: {e}");
+                    Ending::Reset
+                }
+            };
+            log::debug!(
+                "conn {id} from {peer} to {endpoint}: {}; {} bytes in, {} bytes out",
+                record.end.label(),
+                outcome.rx,
+                outcome.tx
+            );
+        }
+        Err(attempts) if attempts.is_empty() => {
+            service.stats.slot(worker.index).no_endpoint.add(1);
+            log::warn!(
+                "conn {id} from {peer} on {listener}: service {} has no usable endpoint; closing \
+                 the client (add endpoints to the config file or register them)",
+                service.name
+            );
+        }
         Err(attempts) => {
+            record.attempts = attempts.len() as u32;
+            record.end = Ending::ConnectFailed;
             // Out of descriptors, every client fails the same way: one line a
             // second says so instead of one per client.
             let exhausted = attempts.iter().any(|a| a.error.is_resource_exhaustion());
-            if exhausted && RESOURCE_ERRORS.allow().is_none() {
-                return;
+            if !exhausted || RESOURCE_ERRORS.allow().is_some() {
+                let list: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
+                log::warn!(
+                    "conn {id} from {peer} on {listener}: no endpoint of service {} answered \
+                     after {} attempt(s): {}; closing the client",
+                    service.name,
+                    attempts.len(),
+                    list.join("; ")
+                );
             }
-            let list: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
-            log::warn!(
-                "conn {id} from {peer} on {listener}: no endpoint of service {} answered after {} \
-                 attempt(s): {}; closing the client",
-                service.name,
-                attempts.len(),
-                list.join("; ")
-            );
-            return;
         }
-    };
-    let endpoint = &service.members[index].endpoint;
-    log::debug!(
-        "conn {id} from {peer} on {listener}: connected to {}",
-        endpoint.addr
-    );
-    let outcome = forward::forward(
-        &client,
-        &upstream,
-        &worker.buffers,
-        service.idle_timeout,
-        worker.drain.clone(),
-    )
-    .await;
-    let how = match &outcome.end {
-        End::Closed => "closed by both sides".to_string(),
-        End::Idle => format!("idle for {:?}", service.idle_timeout),
-        End::Drained => "closed by shutdown after drain_timeout".to_string(),
-        End::Error(e) => format!("error: {e}"),
-    };
-    log::debug!(
-        "conn {id} from {peer} to {}: {how}; {} bytes in, {} bytes out",
-        endpoint.addr,
-        outcome.rx,
-        outcome.tx
-    );
+    }
+    record.duration = started.elapsed();
+    counts
+        .duration
+        .observe(&DURATION_BUCKETS, record.duration.as_secs_f64());
+    counts.closed.add(1);
+    if let Some(log) = &worker.access_log {
+        log.record(record);
+    }
 }

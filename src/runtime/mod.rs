@@ -11,6 +11,7 @@ pub use log_limit::{LogLimit, RESOURCE_ERRORS};
 
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Registrations, Snapshot, Table};
+use crate::metrics::access_log::AccessLog;
 use arc_swap::ArcSwap;
 use listeners::BoundAddrs;
 use std::io;
@@ -123,8 +124,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds every listener on every worker, then starts the workers. Fails
-    /// without serving anything if any address cannot be bound.
-    pub fn start(config: &Config) -> Result<Proxy, StartError> {
+    /// without serving anything if any address cannot be bound. Closed
+    /// connections are recorded in `access_log`, if given.
+    pub fn start(config: &Config, access_log: Option<AccessLog>) -> Result<Proxy, StartError> {
         let workers = config.runtime.workers;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
@@ -145,6 +147,7 @@ impl Proxy {
                 buffer_size: config.runtime.buffer_size,
                 drain_timeout: config.runtime.drain_timeout,
                 stop: stop_rx.clone(),
+                access_log: access_log.clone(),
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()

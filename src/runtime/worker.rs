@@ -5,6 +5,7 @@
 use super::accept::accept_loop;
 use super::listeners::ListenerChange;
 use crate::control::Table;
+use crate::metrics::access_log::AccessLog;
 use crate::proxy::buffers::BufferPool;
 use crate::proxy::session::WorkerState;
 use crossbeam_channel::Sender;
@@ -34,6 +35,8 @@ pub struct WorkerPlan {
     pub drain_timeout: Duration,
     /// Turns true on graceful shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Where access-log records go, if anywhere.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
@@ -76,6 +79,7 @@ async fn serve(mut plan: WorkerPlan) {
         plan.table,
         BufferPool::new(plan.buffer_size, POOLED_BUFFERS),
         drain_rx,
+        plan.access_log,
     ));
     let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
     let mut stopped: Vec<JoinHandle<()>> = Vec::new();

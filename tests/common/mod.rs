@@ -76,7 +76,7 @@ pub fn config_text(endpoints: &[(SocketAddr, u32)], service_extra: &str) -> Stri
 /// Starts the proxy library on config text.
 pub fn start_proxy(text: &str) -> Proxy {
     let config = Config::parse(text, Path::new("test.toml")).unwrap();
-    Proxy::start(&config).unwrap()
+    Proxy::start(&config, None).unwrap()
 }
 
 /// Connects to the proxy's `web` listener.

@@ -1,0 +1,274 @@
+//! The access log: one line per closed connection, in logfmt or JSON, to
+//! stderr or a file. Workers hand records to a writer thread through a
+//! bounded channel and never wait: when the writer falls behind, records
+//! are dropped and counted. The file is buffered, flushed when the channel
+//! runs dry, and reopened on request (SIGUSR1, for logrotate).
+
+use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Records waiting for the writer; more are dropped.
+const QUEUE: usize = 65536;
+
+/// How a connection ended, as the access log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client closed first, then the upstream.
+    ClientClosed,
+    /// The upstream closed first, then the client.
+    UpstreamClosed,
+    /// No bytes either way for `idle_timeout`.
+    IdleTimeout,
+    /// Every connect attempt failed.
+    ConnectFailed,
+    /// The service had no usable endpoint.
+    NoEndpoint,
+    /// A read or write failed (usually a reset).
+    Reset,
+    /// Closed by a graceful shutdown that ran out of time.
+    DrainedAtShutdown,
+}
+
+impl Ending {
+    /// The `end` field's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ending::ClientClosed => "client_closed",
+            Ending::UpstreamClosed => "upstream_closed",
+            Ending::IdleTimeout => "idle_timeout",
+            Ending::ConnectFailed => "connect_failed",
+            Ending::NoEndpoint => "no_endpoint",
+            Ending::Reset => "reset",
+            Ending::DrainedAtShutdown => "drained_at_shutdown",
+        }
+    }
+}
+
+/// One closed connection.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When it was accepted.
+    pub start: SystemTime,
+    /// How long it lasted.
+    pub duration: Duration,
+    /// The listener that accepted it.
+    pub listener: Arc<str>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The upstream it was forwarded to, if any.
+    pub endpoint: Option<SocketAddr>,
+    /// Bytes from the client.
+    pub rx: u64,
+    /// Bytes to the client.
+    pub tx: u64,
+    /// Connect attempts made.
+    pub attempts: u32,
+    /// How it ended.
+    pub end: Ending,
+}
+
+impl Record {
+    /// The record as one line, without the newline.
+    pub fn format(&self, format: AccessLogFormat) -> String {
+        let start = self
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let endpoint = self.endpoint.map(|e| e.to_string());
+        match format {
+            AccessLogFormat::Json => json!({
+                "start": start, "duration_ms": self.duration.as_secs_f64() * 1000.0,
+                "listener": &*self.listener, "client": self.client.to_string(),
+                "endpoint": endpoint, "rx_bytes": self.rx, "tx_bytes": self.tx,
+                "attempts": self.attempts, "end": self.end.label(),
+            })
+            .to_string(),
+            AccessLogFormat::Logfmt => {
+                let mut line = String::with_capacity(160);
+                let _ = write!(
+                    line,
+                    "start={start:.6} duration_ms={:.3} listener={} client={} endpoint={} \
+                     rx_bytes={} tx_bytes={} attempts={} end={}",
+                    self.duration.as_secs_f64() * 1000.0,
+                    logfmt_value(&self.listener),
+                    self.client,
+                    endpoint.as_deref().unwrap_or("-"),
+                    self.rx,
+                    self.tx,
+                    self.attempts,
+                    self.end.label()
+                );
+                line
+            }
+        }
+    }
+}
+
+/// A logfmt value: quoted when it holds spaces, quotes or `=`.
+fn logfmt_value(value: &str) -> String {
+    if value.is_empty() || value.contains([' ', '"', '=', '\\']) {
+        format!("{value:?}")
+    } else {
+        value.to_string()
+    }
+}
+
+/// Hands records to the writer; cheap to clone, one per worker.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    records: Sender<Record>,
+    dropped: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread, or returns `None` when the log is off.
+    /// Fails if the file cannot be opened.
+    pub fn start(config: &AccessLogConfig) -> io::Result<Option<AccessLog>> {
+        let sink = match &config.target {
+            AccessLogTarget::Off => return Ok(None),
+            AccessLogTarget::Stderr => Sink::Stderr(io::stderr()),
+            AccessLogTarget::File(path) => Sink::File(path.clone(), open(path)?),
+        };
+        let (records, queue) = crossbeam_channel::bounded(QUEUE);
+        let log = AccessLog {
+            records,
+            dropped: Arc::default(),
+            reopen: Arc::default(),
+        };
+        let (format, reopen) = (config.format, Arc::clone(&log.reopen));
+        std::thread::Builder::new()
+            .name("l4mesh-access-log".into())
+            .spawn(move || write_lines(queue, sink, format, &reopen))?;
+        Ok(Some(log))
+    }
+
+    /// Queues a record without ever waiting; counts it as dropped when the
+    /// writer is behind.
+    pub fn record(&self, record: Record) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.records.try_send(record)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to reopen its file (after logrotate moved it).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+enum Sink {
+    Stderr(io::Stderr),
+    File(PathBuf, BufWriter<File>),
+}
+
+fn open(path: &Path) -> io::Result<BufWriter<File>> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(BufWriter::with_capacity(64 * 1024, file))
+}
+
+fn write_lines(
+    queue: Receiver<Record>,
+    mut sink: Sink,
+    format: AccessLogFormat,
+    reopen: &AtomicBool,
+) {
+    loop {
+        match queue.recv_timeout(Duration::from_millis(200)) {
+            Ok(record) => {
+                let mut line = record.format(format);
+                line.push('\n');
+                let written = match &mut sink {
+                    Sink::Stderr(stderr) => stderr.write_all(line.as_bytes()),
+                    Sink::File(_, file) => file.write_all(line.as_bytes()),
+                };
+                if let Err(e) = written {
+                    log::warn!("access log: cannot write: {e}");
+                }
+                if !queue.is_empty() {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                flush(&mut sink);
+                return;
+            }
+        }
+        flush(&mut sink);
+        if reopen.swap(false, Ordering::Relaxed)
+            && let Sink::File(path, file) = &mut sink
+        {
+            match open(path) {
+                Ok(reopened) => {
+                    *file = reopened;
+                    log::info!("access log: reopened {}", path.display());
+                }
+                Err(e) => log::warn!("access log: cannot reopen {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+fn flush(sink: &mut Sink) {
+    if let Sink::File(path, file) = sink
+        && let Err(e) = file.flush()
+    {
+        log::warn!("access log: cannot write {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
+            duration: Duration::from_micros(1500),
+            listener: Arc::from("web"),
+            client: "127.0.0.1:5000".parse().unwrap(),
+            endpoint: Some("127.0.0.1:9001".parse().unwrap()),
+            rx: 10,
+            tx: 20,
+            attempts: 1,
+            end: Ending::UpstreamClosed,
+        }
+    }
+
+    #[test]
+    fn it_should_write_logfmt_and_json_lines() {
+        assert_eq!(
+            record().format(AccessLogFormat::Logfmt),
+            "start=1700000000.250000 duration_ms=1.500 listener=web client=127.0.0.1:5000 \
+             endpoint=127.0.0.1:9001 rx_bytes=10 tx_bytes=20 attempts=1 end=upstream_closed"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&record().format(AccessLogFormat::Json)).unwrap();
+        assert_eq!(json["end"], "upstream_closed");
+        assert_eq!(json["endpoint"], "127.0.0.1:9001");
+        assert_eq!(json["tx_bytes"], 20);
+    }
+
+    #[test]
+    fn it_should_quote_logfmt_values_that_need_it() {
+        assert_eq!(logfmt_value("web"), "web");
+        assert_eq!(logfmt_value("a b"), "\"a b\"");
+    }
+}

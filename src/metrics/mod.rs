@@ -1,0 +1,18 @@
+//! Monitoring: per-worker lock-free counters kept in the routing objects,
+//! their Prometheus text exposition, process metrics, the admin HTTP
+//! endpoint and the access log.
+
+pub mod access_log;
+pub mod admin;
+mod counters;
+pub mod exposition;
+pub mod names;
+mod process;
+mod stats;
+
+pub use counters::{CONNECT_BUCKETS, Counter, DURATION_BUCKETS, Histogram, PerWorker};
+pub use process::ProcessStats;
+pub use stats::{
+    EndpointSlot, EndpointStats, FailureReason, ListenerSlot, ListenerStats, ServiceSlot,
+    ServiceStats,
+};

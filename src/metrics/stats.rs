@@ -1,0 +1,73 @@
+//! What is counted, per listener, service and endpoint; one slot per worker
+//! (see [`super::counters`]).
+
+use super::counters::{CONNECT_BUCKETS, Counter, DURATION_BUCKETS, Histogram, PerWorker};
+
+/// Why a connect attempt failed, as the `reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Reset: nothing listens.
+    Refused = 0,
+    /// No answer within `connect_timeout`.
+    Timeout = 1,
+    /// Anything else.
+    Other = 2,
+}
+
+impl FailureReason {
+    /// Every reason, in label order.
+    pub const ALL: [FailureReason; 3] = [
+        FailureReason::Refused,
+        FailureReason::Timeout,
+        FailureReason::Other,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Refused => "refused",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
+/// One worker's counts for a listener.
+#[derive(Debug, Default)]
+pub struct ListenerSlot {
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Connections closed (accepted − closed = open).
+    pub closed: Counter,
+    /// Bytes read from clients.
+    pub rx_bytes: Counter,
+    /// Bytes written to clients.
+    pub tx_bytes: Counter,
+    /// How long connections lasted, from accept to close.
+    pub duration: Histogram<{ DURATION_BUCKETS.len() }>,
+}
+
+/// One worker's counts for a service.
+#[derive(Debug, Default)]
+pub struct ServiceSlot {
+    /// Clients closed because no endpoint was usable.
+    pub no_endpoint: Counter,
+    /// How long successful connects took.
+    pub connect_duration: Histogram<{ CONNECT_BUCKETS.len() }>,
+}
+
+/// One worker's counts for an endpoint.
+#[derive(Debug, Default)]
+pub struct EndpointSlot {
+    /// Upstream connections established.
+    pub connections: Counter,
+    /// Failed connect attempts, by [`FailureReason`].
+    pub failures: [Counter; 3],
+}
+
+/// A listener's statistics.
+pub type ListenerStats = PerWorker<ListenerSlot>;
+/// A service's statistics.
+pub type ServiceStats = PerWorker<ServiceSlot>;
+/// An endpoint's statistics.
+pub type EndpointStats = PerWorker<EndpointSlot>;
