@@ -25,7 +25,7 @@
 #   RELOAD_ENDPOINTS     endpoints per bulk service (default 10)
 #   RELOAD_BALANCE       the bulk services' balance policy (default round_robin)
 #   RELOAD_PAIRS         jitter rounds, each one run of none, files, hup (default 4)
-#   RELOAD_SECONDS       duration of each jitter run (default 6)
+#   RELOAD_SECONDS       duration of each jitter run (default 8)
 #   RELOAD_INTERVAL_MS   churn: ms between file rewrites (default 100)
 #   RELOAD_SETTLE_MS     pause after each switch (default 300)
 #   RELOAD_PACED_ROUNDS  extra big-config rounds with the probes paced at one
@@ -57,7 +57,7 @@ SERVICES=${RELOAD_SERVICES:-1000}
 PER_SERVICE=${RELOAD_ENDPOINTS:-10}
 BALANCE=${RELOAD_BALANCE:-round_robin}
 PAIRS=${RELOAD_PAIRS:-4}
-SECS=${RELOAD_SECONDS:-6}
+SECS=${RELOAD_SECONDS:-8}
 INTERVAL=${RELOAD_INTERVAL_MS:-100}
 SETTLE=${RELOAD_SETTLE_MS:-300}
 COST_RUNS=${RELOAD_COST_RUNS:-10}
@@ -307,7 +307,7 @@ run_jitter() {
   record "jitter/$i/$kind/rejected" "$(($(rejects_so_far big) - r0))"
   record "jitter/$i/$kind/cpu_s" "$(python3 -c "print(f'{$c1 - $c0:.2f}')")"
   record "jitter/$i/$kind/ctl_cpu_s" "$(python3 -c "print(f'{$t1 - $t0:.4f}')")"
-  [[ -s $out ]] && log "  pair $i $kind: $(cat "$out") reloads=$(($(reloads_so_far big) - n0))"
+  [[ -s $out ]] && log "  round $i $kind: $(cat "$out") reloads=$(($(reloads_so_far big) - n0))"
 }
 
 run_all() {

@@ -431,7 +431,9 @@ def report(work, md_path, json_path):
         "endpoint's weight in a service no listener uses; l4mesh reloads whenever its "
         "file watch decides to. \"rewrites + SIGHUP\": the same, plus a SIGHUP right after "
         "each write, which reloads at once (bypassing the debounce), so every write is "
-        "applied. \"reloads applied\" counts `configuration reloaded` log lines.",
+        "applied. \"reloads applied\" counts `configuration reloaded` log lines (a SIGHUP "
+        "reload is applied even when the watch already loaded the same content, so this "
+        "can exceed the writes by one or two).",
     ]
     if ctl_ms_per_reload is not None:
         notes2.append(

@@ -6,7 +6,7 @@ use super::file::{
 };
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
-    ListenerConfig, MAX_WEIGHT, Problem, RegistryConfig, RuntimeConfig, ServiceConfig,
+    ForwardMode, ListenerConfig, MAX_WEIGHT, Problem, RegistryConfig, RuntimeConfig, ServiceConfig,
     parse_duration,
 };
 use std::net::SocketAddr;
@@ -149,6 +149,18 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         65535,
         "use 1024 or more; the kernel caps it at net.core.somaxconn",
     );
+    let forward = ForwardMode::ALL
+        .iter()
+        .find(|(name, _)| *name == file.forward)
+        .map(|(_, mode)| *mode);
+    if forward.is_none() {
+        problems.push(
+            "runtime.forward",
+            quoted(&file.forward),
+            "not a forwarding mode",
+            "use \"auto\" (the default), \"splice\" or \"copy\"",
+        );
+    }
     let workers = match workers? {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -158,6 +170,7 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         buffer_size: buffer_size? as usize,
         drain_timeout: drain_timeout?,
         backlog: backlog? as u32,
+        forward: forward?,
     })
 }
 

@@ -148,6 +148,7 @@ impl Proxy {
                 drain_timeout: config.runtime.drain_timeout,
                 stop: stop_rx.clone(),
                 access_log: access_log.clone(),
+                forward: config.runtime.forward,
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()
