@@ -281,9 +281,20 @@ for mode in ("rename", "inplace"):
 EOF
 }
 
-# One jitter run: round $1, kind $2 (none | files | hup).
+# Busy CPU clock ticks of the whole machine so far (all CPUs; /proc/stat),
+# read without starting a process.
+busy_ticks() {
+  local _cpu user nice system _idle _iowait irq softirq steal _rest
+  read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+  echo $((user + nice + system + irq + softirq + steal))
+}
+
+# One jitter run: round $1, kind $2 (none | files | hup). Besides the
+# latencies, records the CPU the rest of the machine used meanwhile (busy
+# CPU of the machine minus l4mesh, the echo server and the client).
 run_jitter() {
-  local i=$1 kind=$2 d="$WORK/big" out="$WORK/jitter-$1-$2.json" args=() n0 r0 c0 c1 t0 t1
+  local i=$1 kind=$2 d="$WORK/big" out="$WORK/jitter-$1-$2.json" args=()
+  local n0 r0 c0 c1 t0 t1 e0 e1 b0 b1 w0 w1
   case $kind in
     files) args=(--churn "$d/l4mesh.toml" "$d/c.toml" "$d/a.toml" --interval-ms "$INTERVAL") ;;
     hup) args=(--churn "$d/l4mesh.toml" "$d/c.toml" "$d/a.toml" --interval-ms "$INTERVAL"
@@ -292,6 +303,8 @@ run_jitter() {
   n0=$(reloads_so_far big) r0=$(rejects_so_far big)
   c0=$(python3 "$HELPER" cpu "${ENTRY[l4mesh-big]}")
   t0=$(python3 "$RHELPER" ctlcpu "${ENTRY[l4mesh-big]}")
+  e0=$(python3 "$HELPER" cpu "${ENTRY[echo]}")
+  b0=$(busy_ticks) w0=$EPOCHREALTIME
   if timeout $((SECS + 60)) "$PROBE" jitter "127.0.0.1:${P_PING[big]}" --seconds "$SECS" \
       "${args[@]}" >"$out" 2>"$WORK/logs/jitter-$i-$kind.log"; then
     :
@@ -299,6 +312,7 @@ run_jitter() {
     log "  warning: jitter run $i $kind failed (see $WORK/logs/jitter-$i-$kind.log)"
     rm -f "$out"
   fi
+  b1=$(busy_ticks) w1=$EPOCHREALTIME
   # Let the last write's reload finish before counting.
   sleep 0.5
   c1=$(python3 "$HELPER" cpu "${ENTRY[l4mesh-big]}")
@@ -307,7 +321,12 @@ run_jitter() {
   record "jitter/$i/$kind/rejected" "$(($(rejects_so_far big) - r0))"
   record "jitter/$i/$kind/cpu_s" "$(python3 -c "print(f'{$c1 - $c0:.2f}')")"
   record "jitter/$i/$kind/ctl_cpu_s" "$(python3 -c "print(f'{$t1 - $t0:.4f}')")"
-  [[ -s $out ]] && log "  round $i $kind: $(cat "$out") reloads=$(($(reloads_so_far big) - n0))"
+  e1=$(python3 "$HELPER" cpu "${ENTRY[echo]}")
+  if [[ -s $out ]]; then
+    record "jitter/$i/$kind/other_cpu_pct" "$(python3 "$RHELPER" othercpu "$out" "$b0" "$b1" \
+      "$w0" "$w1" "$c0" "$c1" "$e0" "$e1" "$(getconf CLK_TCK)" "$(nproc)")"
+    log "  round $i $kind: $(cat "$out") reloads=$(($(reloads_so_far big) - n0))"
+  fi
 }
 
 run_all() {

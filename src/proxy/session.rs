@@ -118,7 +118,7 @@ impl Client {
 }
 
 /// Forwards `client` ↔ `upstream`: spliced when the client was accepted on
-/// readiness and the worker has pipes to spare, copied otherwise.
+/// readiness (the worker splices), copied through io_uring otherwise.
 async fn relay(
     client: Client,
     upstream: tokio::net::TcpStream,
@@ -128,17 +128,8 @@ async fn relay(
 ) -> forward::Outcome {
     let drain = worker.drain.clone();
     if let (Client::Ready(client), Some(pool)) = (&client, &worker.pipes) {
-        match pool.take_pair() {
-            Ok(pipes) => {
-                let (c, u) = (client, &upstream);
-                return splice::forward(c, u, pipes, pool, meters, idle_timeout, drain).await;
-            }
-            Err(e) => {
-                if RESOURCE_ERRORS.allow().is_some() {
-                    log::warn!("no pipe for splicing ({e}); copying instead");
-                }
-            }
-        }
+        let (c, u, buffers) = (client, &upstream, &worker.buffers);
+        return splice::forward(c, u, pool, buffers, meters, idle_timeout, drain).await;
     }
     match (client.into_uring(), connect::into_uring(upstream)) {
         (Ok(client), Ok(upstream)) => {

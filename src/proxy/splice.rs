@@ -7,17 +7,21 @@
 //! and grew to about a thousand threads for 500 idle connections. A
 //! non-blocking splice called when the socket is ready never blocks.
 //!
-//! Each direction owns a pipe from the worker's [`PipePool`]. A pipe is
-//! filled only when it is empty and then drained fully, so an `EAGAIN` from
-//! socket → pipe can only mean "no data" and one from pipe → socket only
-//! "no room", which is what readiness is cleared for. An idle connection's
-//! pipes hold no pages: they are filled only while bytes are in flight.
+//! A direction takes a pipe from the worker's [`PipePool`] only when its
+//! socket is readable, fills it (only ever when empty) and drains it fully
+//! before giving it back, so an `EAGAIN` from socket → pipe can only mean
+//! "no data" and one from pipe → socket only "no room", which is what
+//! readiness is cleared for. An idle connection holds no pipe: two
+//! descriptors, no pipe pages. Out of descriptors for a pipe, a chunk is
+//! copied through a pooled buffer instead, so no connection fails for it.
 
+use super::buffers::BufferPool;
 use super::forward::{Direction, Meters, Outcome, Pumped, Shared, drive};
 use crate::metrics::Counter;
+use crate::runtime::RESOURCE_ERRORS;
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 use socket2::SockRef;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
@@ -49,42 +53,43 @@ impl Pipe {
     }
 }
 
-/// A worker's idle pipes, reused across connections. Owned by one thread.
+/// A worker's pipes: idle ones reused across connections, and a budget of
+/// how many may be open at once (two descriptors each). Owned by one thread.
 #[derive(Debug)]
 pub struct PipePool {
     capacity: usize,
     keep: usize,
+    limit: usize,
+    open: Cell<usize>,
     free: RefCell<Vec<Pipe>>,
 }
 
 impl PipePool {
-    /// A pool of `capacity`-byte pipes keeping at most `keep` idle ones.
-    pub fn new(capacity: usize, keep: usize) -> PipePool {
+    /// A pool of `capacity`-byte pipes keeping at most `keep` idle ones and
+    /// at most `limit` open in all.
+    pub fn new(capacity: usize, keep: usize, limit: usize) -> PipePool {
         PipePool {
             capacity,
             keep,
+            limit,
+            open: Cell::new(0),
             free: RefCell::new(Vec::new()),
         }
     }
 
-    /// Two pipes for one connection, or the error (usually EMFILE) that
-    /// makes the caller fall back to copying.
-    pub fn take_pair(&self) -> io::Result<(Pipe, Pipe)> {
-        let first = self.take()?;
-        match self.take() {
-            Ok(second) => Ok((first, second)),
-            Err(e) => {
-                self.give_back(first);
-                Err(e)
-            }
-        }
-    }
-
+    /// An empty pipe, or the error (the budget is spent, or EMFILE) that
+    /// makes the caller copy instead.
     fn take(&self) -> io::Result<Pipe> {
-        match self.free.borrow_mut().pop() {
-            Some(pipe) => Ok(pipe),
-            None => Pipe::new(self.capacity),
+        if let Some(pipe) = self.free.borrow_mut().pop() {
+            return Ok(pipe);
         }
+        if self.open.get() >= self.limit {
+            let why = format!("all {} pipes of this worker are in use", self.limit);
+            return Err(io::Error::other(why));
+        }
+        let pipe = Pipe::new(self.capacity)?;
+        self.open.set(self.open.get() + 1);
+        Ok(pipe)
     }
 
     /// Returns a pipe known to be empty; beyond `keep` idle ones it is closed.
@@ -92,31 +97,37 @@ impl PipePool {
         let mut free = self.free.borrow_mut();
         if free.len() < self.keep {
             free.push(pipe);
+        } else {
+            self.forget(pipe);
         }
+    }
+
+    /// Closes a pipe (one that may hold bytes, or one too many).
+    fn forget(&self, pipe: Pipe) {
+        drop(pipe);
+        self.open.set(self.open.get().saturating_sub(1));
     }
 }
 
-/// Forwards between `client` and `upstream` through `pipes`, with the same
-/// half-close, idle-timeout, drain and byte-counting behaviour as the copy
-/// path. Clean pipes go back to `pool`; a pipe that may hold bytes (the
-/// connection died mid-transfer) is closed.
+/// Forwards between `client` and `upstream` with the same half-close,
+/// idle-timeout, drain and byte-counting behaviour as the copy path.
 pub async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
-    pipes: (Pipe, Pipe),
     pool: &PipePool,
+    buffers: &BufferPool,
     meters: Meters<'_>,
     idle_timeout: Duration,
     drain: watch::Receiver<bool>,
 ) -> Outcome {
     let shared = Shared::new();
-    let (up_pipe, down_pipe) = pipes;
+    let spares = Spares { pool, buffers };
     let both = async {
         tokio::join!(
             pump(
                 client,
                 upstream,
-                &up_pipe,
+                spares,
                 &shared,
                 Direction::FromClient,
                 meters.rx
@@ -124,75 +135,141 @@ pub async fn forward(
             pump(
                 upstream,
                 client,
-                &down_pipe,
+                spares,
                 &shared,
                 Direction::ToClient,
                 meters.tx
             )
         )
     };
-    let outcome = drive(&shared, both, idle_timeout, drain, || {
+    drive(&shared, both, idle_timeout, drain, || {
         close(client, upstream)
     })
-    .await;
-    if matches!(outcome.end, super::forward::End::Closed { .. }) {
-        pool.give_back(up_pipe);
-        pool.give_back(down_pipe);
-    }
-    outcome
+    .await
 }
 
-/// Moves `from` → pipe → `to` until EOF (then half-closes `to`) or an
-/// error (then shuts both down, which ends the other direction too).
+/// Where a direction gets a pipe, or a buffer when no pipe can be had.
+#[derive(Clone, Copy)]
+struct Spares<'a> {
+    pool: &'a PipePool,
+    buffers: &'a BufferPool,
+}
+
+/// Moves `from` → `to` until EOF (then half-closes `to`) or an error (then
+/// shuts both down, which ends the other direction too).
+///
+/// A pipe is taken from the pool only once `from` is readable and goes back,
+/// empty, as soon as the chunk is through: an idle connection holds no pipe
+/// (and no pipe descriptors). If no pipe can be had (out of descriptors),
+/// the chunk is copied through a pooled buffer instead.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: &Pipe,
+    spares: Spares<'_>,
     shared: &Shared,
     direction: Direction,
     meter: &Counter,
 ) -> Pumped {
     let mut bytes = 0u64;
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    let error = 'moving: loop {
-        let filled = from
-            .async_io(Interest::READABLE, || {
-                Ok(splice(from, None, &pipe.write, None, pipe.capacity, flags)?)
-            })
-            .await;
-        let n = match filled {
-            Ok(0) => {
-                // The half-close; its error means the peer is gone already.
+    let error = loop {
+        if let Err(e) = from.readable().await {
+            break Some(e);
+        }
+        let moved = match spares.pool.take() {
+            Ok(pipe) => {
+                let moved = splice_chunk(from, to, &pipe).await;
+                // A pipe is clean unless the chunk failed halfway.
+                if moved.is_ok() {
+                    spares.pool.give_back(pipe);
+                } else {
+                    spares.pool.forget(pipe);
+                }
+                moved
+            }
+            Err(e) => {
+                if RESOURCE_ERRORS.allow().is_some() {
+                    log::warn!("no pipe for splicing ({e}); copying through a buffer instead");
+                }
+                copy_chunk(from, to, spares.buffers).await
+            }
+        };
+        match moved {
+            // Spurious readiness: nothing was there after all.
+            Ok(Some(0)) => continue,
+            Ok(Some(n)) => {
+                shared.last_active.set(Instant::now());
+                meter.add(n as u64);
+                bytes += n as u64;
+            }
+            Ok(None) => {
+                // EOF: the half-close; its error means the peer is gone already.
                 if !shared.other_done() {
                     let _ = SockRef::from(to).shutdown(Shutdown::Write);
                 }
                 break None;
             }
-            Ok(n) => n,
             Err(e) => break Some(e),
-        };
-        shared.last_active.set(Instant::now());
-        meter.add(n as u64);
-        let mut left = n;
-        while left > 0 {
-            let drained = to
-                .async_io(Interest::WRITABLE, || {
-                    Ok(splice(&pipe.read, None, to, None, left, flags)?)
-                })
-                .await;
-            match drained {
-                Ok(m) => left -= m,
-                Err(e) => break 'moving Some(e),
-            }
         }
-        bytes += n as u64;
-        shared.last_active.set(Instant::now());
     };
     shared.done(direction);
     if error.is_some() {
         close(from, to);
     }
     Pumped { bytes, error }
+}
+
+/// One chunk through an empty pipe: fills it from `from` (without waiting)
+/// and drains it fully into `to`. `Ok(None)` is EOF, `Ok(Some(0))` means
+/// `from` had nothing after all.
+async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Option<usize>> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let filled = from.try_io(Interest::READABLE, || {
+        Ok(splice(from, None, &pipe.write, None, pipe.capacity, flags)?)
+    });
+    let n = match filled {
+        Ok(0) => return Ok(None),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
+        Err(e) => return Err(e),
+    };
+    let mut left = n;
+    while left > 0 {
+        left -= to
+            .async_io(Interest::WRITABLE, || {
+                Ok(splice(&pipe.read, None, to, None, left, flags)?)
+            })
+            .await?;
+    }
+    Ok(Some(n))
+}
+
+/// One chunk through a pooled buffer, for when no pipe can be had.
+async fn copy_chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    buffers: &BufferPool,
+) -> io::Result<Option<usize>> {
+    let mut buffer = buffers.take();
+    buffer.resize(buffer.capacity(), 0);
+    let read = match from.try_read(&mut buffer) {
+        Ok(0) => Ok(None),
+        Ok(n) => {
+            let mut sent = 0;
+            while sent < n {
+                to.writable().await?;
+                match to.try_write(&buffer[sent..n]) {
+                    Ok(m) => sent += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(0)),
+        Err(e) => Err(e),
+    };
+    buffers.give_back(buffer);
+    read
 }
 
 /// Shuts both sockets down both ways, so pending waits on them return.
@@ -208,14 +285,65 @@ mod tests {
 
     #[test]
     fn it_should_reuse_pipes_and_size_them() {
-        let pool = PipePool::new(256 * 1024, 2);
-        let (a, b) = pool.take_pair().unwrap();
+        let pool = PipePool::new(256 * 1024, 2, 8);
+        let (a, b) = (pool.take().unwrap(), pool.take().unwrap());
         assert!(a.capacity >= 65536);
         pool.give_back(a);
         pool.give_back(b);
         assert_eq!(pool.free.borrow().len(), 2);
-        let (c, _) = pool.take_pair().unwrap();
+        let c = pool.take().unwrap();
         pool.give_back(c);
-        assert_eq!(pool.free.borrow().len(), 1);
+        pool.give_back(pool.take().unwrap());
+        pool.give_back(Pipe::new(65536).unwrap());
+        assert_eq!(pool.free.borrow().len(), 2);
+    }
+
+    #[test]
+    fn it_should_refuse_pipes_beyond_its_budget() {
+        let pool = PipePool::new(65536, 0, 1);
+        let one = pool.take().unwrap();
+        assert!(pool.take().unwrap_err().to_string().contains("all 1 pipes"));
+        pool.give_back(one);
+        assert!(pool.take().is_ok());
+    }
+
+    /// With no pipe to be had, every chunk is copied instead, exactly.
+    #[test]
+    fn it_should_copy_when_no_pipe_can_be_had() {
+        tokio_uring::start(async {
+            let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let echo_addr = echo.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut s, _) = echo.accept().unwrap();
+                let mut r = s.try_clone().unwrap();
+                std::io::copy(&mut r, &mut s).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+            });
+            let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let front_addr = front.local_addr().unwrap();
+            let client = std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut c = std::net::TcpStream::connect(front_addr).unwrap();
+                let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+                c.write_all(&sent).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                assert!(back == sent);
+            });
+            let (downstream, _) = front.accept().await.unwrap();
+            let upstream = TcpStream::connect(echo_addr).await.unwrap();
+            let (pool, buffers) = (PipePool::new(65536, 0, 0), BufferPool::new(4096, 1));
+            let (rx, tx) = (Counter::default(), Counter::default());
+            let (_drain_tx, drain) = watch::channel(false);
+            let meters = Meters { rx: &rx, tx: &tx };
+            let idle = Duration::from_secs(10);
+            let outcome =
+                forward(&downstream, &upstream, &pool, &buffers, meters, idle, drain).await;
+            drop((downstream, upstream));
+            assert_eq!((outcome.rx, outcome.tx), (300_000, 300_000));
+            assert_eq!((rx.get(), tx.get()), (300_000, 300_000));
+            client.join().unwrap();
+        });
     }
 }

@@ -42,6 +42,8 @@ pub struct WorkerPlan {
     pub access_log: Option<AccessLog>,
     /// How bytes are moved.
     pub forward: ForwardMode,
+    /// Pipes this worker may hold open at once.
+    pub max_pipes: usize,
 }
 
 /// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
@@ -87,7 +89,7 @@ async fn serve(mut plan: WorkerPlan) {
         plan.access_log,
         plan.forward
             .splices()
-            .then(|| PipePool::new(plan.buffer_size, POOLED_BUFFERS)),
+            .then(|| PipePool::new(plan.buffer_size, POOLED_BUFFERS, plan.max_pipes)),
     ));
     let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
     let mut stopped: Vec<JoinHandle<()>> = Vec::new();
