@@ -497,6 +497,12 @@ def report(work, md_path, json_path):
     notes2.append(
         "Client, backends and proxy share the machine "
         f"({meta['nproc']} CPUs, loopback only, no pinning): compare rows, not machines.")
+    if extra.get("lock_lost"):
+        notes2.append("⚠ The benchmark lock was lost during the run (someone removed or "
+                      "took it): another benchmark may have run alongside.")
+    if extra.get("busy_waits_given_up"):
+        notes2.append(f"⚠ {int(extra['busy_waits_given_up'])} measurement(s) started while "
+                      "the machine was still busy after the quiet wait.")
     md += [f"- {n}" for n in notes2]
 
     with open(md_path, "w") as f:

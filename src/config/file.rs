@@ -87,6 +87,9 @@ pub struct FileRuntime {
     /// How bytes are moved: `"auto"`, `"splice"` or `"copy"`.
     #[serde(default = "default_forward")]
     pub forward: String,
+    /// Bytes per splice pipe.
+    #[serde(default = "default_pipe_size")]
+    pub pipe_size: i64,
 }
 
 impl Default for FileRuntime {
@@ -97,6 +100,7 @@ impl Default for FileRuntime {
             drain_timeout: default_drain_timeout(),
             backlog: default_backlog(),
             forward: default_forward(),
+            pipe_size: default_pipe_size(),
         }
     }
 }
@@ -151,6 +155,9 @@ fn default_drain_timeout() -> String {
 }
 fn default_backlog() -> i64 {
     1024
+}
+fn default_pipe_size() -> i64 {
+    1 << 20
 }
 fn default_forward() -> String {
     "auto".to_string()

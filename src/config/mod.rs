@@ -86,6 +86,8 @@ pub struct RuntimeConfig {
     pub backlog: u32,
     /// How bytes are moved.
     pub forward: ForwardMode,
+    /// Bytes per splice pipe.
+    pub pipe_size: usize,
 }
 
 /// How a connection's bytes are moved.

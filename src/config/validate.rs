@@ -149,6 +149,13 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         65535,
         "use 1024 or more; the kernel caps it at net.core.somaxconn",
     );
+    let pipe_size = problems.integer(
+        "runtime.pipe_size",
+        file.pipe_size,
+        4096,
+        16 << 20,
+        "use 1048576 (the default); the kernel caps it at /proc/sys/fs/pipe-max-size",
+    );
     let forward = ForwardMode::ALL
         .iter()
         .find(|(name, _)| *name == file.forward)
@@ -171,6 +178,7 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         drain_timeout: drain_timeout?,
         backlog: backlog? as u32,
         forward: forward?,
+        pipe_size: pipe_size? as usize,
     })
 }
 

@@ -42,8 +42,9 @@ impl Pipe {
     /// A non-blocking pipe resized to `capacity` bytes where the kernel allows.
     fn new(capacity: usize) -> io::Result<Pipe> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        // The kernel rounds up to pages and may refuse sizes above
-        // /proc/sys/fs/pipe-max-size; the default (64 KiB) then stays.
+        // The kernel rounds up to pages and refuses sizes above
+        // /proc/sys/fs/pipe-max-size (or an unprivileged user's page quota);
+        // then the default, 64 KiB, stays.
         let capacity = fcntl_setpipe_size(&write, capacity).unwrap_or(65536);
         Ok(Pipe {
             read,

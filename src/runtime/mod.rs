@@ -160,6 +160,7 @@ impl Proxy {
                 access_log: access_log.clone(),
                 forward: config.runtime.forward,
                 max_pipes: pipe_budget(workers),
+                pipe_size: config.runtime.pipe_size,
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()

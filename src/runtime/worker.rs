@@ -44,6 +44,8 @@ pub struct WorkerPlan {
     pub forward: ForwardMode,
     /// Pipes this worker may hold open at once.
     pub max_pipes: usize,
+    /// Bytes per splice pipe.
+    pub pipe_size: usize,
 }
 
 /// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
@@ -89,7 +91,7 @@ async fn serve(mut plan: WorkerPlan) {
         plan.access_log,
         plan.forward
             .splices()
-            .then(|| PipePool::new(plan.buffer_size, POOLED_BUFFERS, plan.max_pipes)),
+            .then(|| PipePool::new(plan.pipe_size, POOLED_BUFFERS, plan.max_pipes)),
     ));
     let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
     let mut stopped: Vec<JoinHandle<()>> = Vec::new();
