@@ -132,9 +132,11 @@ check_lock() {
 
 # Wait (up to RELOAD_QUIET_WAIT seconds) until the machine's CPUs were less
 # than 10 % busy over one second: other users of this shared machine (builds
-# do not take the benchmark lock) would otherwise be measured too.
+# do not take the benchmark lock) would otherwise be measured too. $1 names
+# the measurement, to flag it in the report if the wait runs out.
 wait_quiet() {
   ((QUIET_WAIT > 0)) || return 0
+  local what=$1
   local t b0 b1 pct=0 tck ncpu
   tck=$(getconf CLK_TCK) ncpu=$(nproc)
   for ((t = 0; t < QUIET_WAIT; t++)); do
@@ -147,6 +149,7 @@ wait_quiet() {
   log "  the machine is still busy (${pct} % CPU over the last second) after ${QUIET_WAIT}s; measuring anyway"
   BUSY_GIVEUPS=$((BUSY_GIVEUPS + 1))
   record busy_waits_given_up "$BUSY_GIVEUPS"
+  record "busy_at_start/$what" "$pct"
 }
 
 # Remove the lock if it is ours.
@@ -310,7 +313,7 @@ run_cost() {
 run_switches() {
   local size=$1 rounds=$2 name=$3 gap=$4 d="$WORK/$1" out="$WORK/switch-$3.jsonl"
   check_lock
-  wait_quiet
+  wait_quiet "switch-$name"
   log "$size config: $rounds rounds of A/B switches (rename and in place), probe gap ${gap} us"
   if ! timeout $((rounds * 2 * (12 + SETTLE / 1000) + 30)) "$PROBE" switch "127.0.0.1:${P_WEB[$size]}" \
       "$d/l4mesh.toml" "$d/a.toml" "$d/b.toml" --repeats "$rounds" --settle-ms "$SETTLE" \
@@ -348,7 +351,7 @@ run_jitter() {
       --hup "$(python3 "$RHELPER" pid "${ENTRY[l4mesh-big]}")") ;;
   esac
   check_lock
-  wait_quiet
+  wait_quiet "jitter-$i-$kind"
   n0=$(reloads_so_far big) r0=$(rejects_so_far big)
   c0=$(python3 "$HELPER" cpu "${ENTRY[l4mesh-big]}")
   t0=$(python3 "$RHELPER" ctlcpu "${ENTRY[l4mesh-big]}")

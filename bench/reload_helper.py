@@ -268,8 +268,11 @@ def report(work, md_path, json_path):
             s = switch_summary_of(runs, mode)
             switch_summary[f"{name}/{mode}"] = s
             write = "temp file + rename" if mode == "rename" else "in place"
+            busy = extra.get(f"busy_at_start/switch-{name}")
+            s["busy_at_start_pct"] = busy
+            flag = f" ⚠ busy {busy:.0f} %" if busy is not None else ""
             switch_rows.append(
-                f"| {label} | {write} | {s['ok']}/{s['runs']} "
+                f"| {label}{flag} | {write} | {s['ok']}/{s['runs']} "
                 f"| **{fmt(s['median_ms'])}** | **{fmt(s['p90_ms'])}** "
                 f"| {fmt(s['min_ms'])} – {fmt(s['max_ms'])} "
                 f"| {fmt(s['median_after_write_ms'])} / {fmt(s['p90_after_write_ms'])} "
@@ -396,6 +399,7 @@ def report(work, md_path, json_path):
     ] + switch_rows + [""]
     tot = {k: sum(s[k] for s in switch_summary.values())
            for k in ("errors", "flaps", "confirmed", "rejected")}
+    any_busy = any(s.get("busy_at_start_pct") is not None for s in switch_summary.values())
     notes1 = [
         "The clock starts just before the `rename` of a fully written temp file "
         "(editor-style), or just before the truncating `open` of the in-place write, whose "
@@ -411,6 +415,11 @@ def report(work, md_path, json_path):
         f"after one had reached the new one: {tot['flaps']} of {tot['confirmed']} checked; "
         f"reloads rejected: {tot['rejected']}.",
     ]
+    if any_busy:
+        notes1.append(
+            "⚠ busy N %: the machine was still N % busy (others' work; builds do not take "
+            "the benchmark lock) when these switches started, after waiting for it to quiet "
+            "down: such rows are slower than l4mesh alone would be.")
     md += [f"- {n}" for n in notes1] + [""]
 
     md += ["### Where a reload's time goes (in-process, no proxy, medians)", "",

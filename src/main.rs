@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// A fast L4 TCP proxy for service meshes, on io_uring.
 #[derive(Debug, Parser)]
@@ -124,6 +125,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("l4mesh-signals".into())
         .spawn(move || {
+            // A stop signal sent to the process and its group (as `timeout`
+            // does) arrives twice at once: only a second one at least a
+            // second after the first means "exit now".
+            let mut stopping_since: Option<std::time::Instant> = None;
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     log::info!("SIGHUP: reloading the config file");
@@ -133,12 +138,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                         Some(log) => log.reopen(),
                         None => log::info!("SIGUSR1: the access log is off; nothing to reopen"),
                     }
-                } else if !stop.is_stopping() {
+                } else if stopping_since.is_none() {
                     log::info!(
                         "signal {signal}: no longer accepting; draining open connections (send \
                          it again to exit at once)"
                     );
+                    stopping_since = Some(std::time::Instant::now());
                     stop.stop();
+                } else if stopping_since.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                    log::debug!("signal {signal}: already draining");
                 } else {
                     log::warn!("second signal: exiting without waiting for open connections");
                     std::process::exit(1);

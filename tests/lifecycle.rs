@@ -95,6 +95,21 @@ fn it_should_exit_0_after_draining_on_sigterm() {
 }
 
 #[test]
+fn it_should_treat_a_signal_delivered_twice_at_once_as_one() {
+    let mut binary = Binary::start(&config_text(&[(echo_backend(), 1)], ""), &[]);
+    let mut open = TcpStream::connect(binary.addr()).unwrap();
+    assert_eq!(round_trip(&mut open, "hi"), "hi");
+    // `timeout` and shells signal the process and its group: two at once.
+    binary.signal("TERM");
+    binary.signal("TERM");
+    binary.wait_for_line(Duration::from_secs(5), "draining");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(round_trip(&mut open, "still"), "still");
+    drop(open);
+    assert_eq!(binary.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
 fn it_should_keep_serving_without_spinning_when_out_of_file_descriptors() {
     if Command::new("prlimit").arg("--version").output().is_err() {
         panic!("prlimit (util-linux) is needed for this test");

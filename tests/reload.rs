@@ -228,3 +228,28 @@ fn it_should_log_one_error_line_for_a_rejected_reload_from_the_binary() {
     );
     assert_eq!(tag_of(binary.addr()), Some(b'A'));
 }
+
+#[test]
+fn it_should_keep_reloading_a_file_that_is_rewritten_faster_than_the_debounce() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let served = Served::start(&config(&endpoint_list(&[a]), ""));
+    // A write every 40 ms never leaves the 100 ms of quiet the debounce
+    // waits for; the 500 ms cap must still let reloads through meanwhile.
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        // Every write differs (a counter), so every read finds a change.
+        let endpoint = if round % 2 == 0 { b } else { a };
+        served.write(&format!(
+            "{}# write {round}\n",
+            config(&endpoint_list(&[endpoint]), "")
+        ));
+        round += 1;
+        thread::sleep(Duration::from_millis(40));
+    }
+    let during = served.server.reload_stats().successes();
+    assert!(
+        during >= 2,
+        "only {during} reloads while the file kept changing"
+    );
+}

@@ -2,8 +2,10 @@
 //! inotify, through the `notify` crate), not the file itself, so every way a
 //! file really changes is seen: an in-place write, an editor's
 //! write-temp-then-rename, and a Kubernetes ConfigMap's `..data` symlink
-//! swap. Events are debounced (an editor's save is several events) and then
-//! the controller re-reads the file, skipping it if the content is unchanged.
+//! swap. Events are debounced (an editor's save is several events: 100 ms of
+//! quiet, but never more than 500 ms after the first, so a file rewritten
+//! constantly is still read) and then the controller re-reads the file,
+//! skipping it if the content is unchanged.
 //! Where inotify is unavailable, the directory is polled every 500 ms.
 
 use super::controller::ControlHandle;
@@ -14,6 +16,9 @@ use std::time::Duration;
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a reload waits for quiet: a file rewritten more often than
+/// the debounce is still read at least this often.
+const MAX_DELAY: Duration = Duration::from_millis(500);
 /// The polling fallback's interval.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -49,7 +54,8 @@ impl ConfigWatcher {
             .name("l4mesh-watch".into())
             .spawn(move || {
                 while debounced.recv().is_ok() {
-                    while debounced.recv_timeout(DEBOUNCE).is_ok() {}
+                    let first = std::time::Instant::now();
+                    while first.elapsed() < MAX_DELAY && debounced.recv_timeout(DEBOUNCE).is_ok() {}
                     control.request_reload(false);
                 }
             })
