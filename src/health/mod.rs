@@ -5,10 +5,24 @@
 //! runtime: [`threshold`] (probe results → up/down), [`outlier`] (failure
 //! streaks → ejections and their length, `max_ejection_percent`),
 //! [`panic`] (when to ignore health) and [`schedule`] (when probes run).
+//! [`state`] holds the live state as atomics inside each `Endpoint`, read by
+//! the workers' balancers.
 
 pub mod outlier;
 pub mod panic;
 pub mod schedule;
+pub mod state;
 pub mod threshold;
 
+pub use state::{Ejection, EndpointHealth, ServiceHealth};
 pub use threshold::{Tally, Thresholds, Verdict};
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Milliseconds on a process-wide monotonic clock: the time base of
+/// ejections (a `u64` fits in an atomic, an `Instant` does not).
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
