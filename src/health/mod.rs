@@ -6,14 +6,19 @@
 //! streaks → ejections and their length, `max_ejection_percent`),
 //! [`panic`] (when to ignore health) and [`schedule`] (when probes run).
 //! [`state`] holds the live state as atomics inside each `Endpoint`, read by
-//! the workers' balancers.
+//! the workers' balancers. [`probe`] and [`checker`] are the I/O: one
+//! `l4mesh-health` thread with its own small tokio runtime runs every
+//! probe, off the workers' forwarding path, and ends ejections when due.
 
+pub mod checker;
 pub mod outlier;
 pub mod panic;
+pub mod probe;
 pub mod schedule;
 pub mod state;
 pub mod threshold;
 
+pub use checker::Checker;
 pub use state::{Ejection, EndpointHealth, ServiceHealth};
 pub use threshold::{Tally, Thresholds, Verdict};
 
