@@ -56,13 +56,7 @@ impl Endpoint {
     /// `limit` are open already (then `None`). The check and the count are
     /// one atomic step, so workers racing for the last slot never overshoot.
     pub fn try_acquire(self: &Arc<Self>, limit: Option<u64>) -> Option<ActiveGuard> {
-        let max = limit.unwrap_or(u64::MAX);
-        self.active
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ActiveGuard(Arc::clone(self)))
+        count_under(&self.active, limit).then(|| ActiveGuard(Arc::clone(self)))
     }
 }
 
@@ -463,13 +457,24 @@ impl ClientCount {
     /// are open already (then `None`): one atomic step, so workers racing
     /// for the last slot never overshoot.
     pub fn try_admit(self: &Arc<Self>, limit: Option<u64>) -> Option<ClientGuard> {
-        let max = limit.unwrap_or(u64::MAX);
-        self.open
+        count_under(&self.open, limit).then(|| ClientGuard(Arc::clone(self)))
+    }
+}
+
+/// Adds one to `count` unless that would take it past `limit`; returns
+/// whether it did. Without a limit it is one atomic add; with one, a
+/// compare-and-swap loop, so racing workers never overshoot.
+fn count_under(count: &AtomicU64, limit: Option<u64>) -> bool {
+    match limit {
+        None => {
+            count.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Some(max) => count
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| ClientGuard(Arc::clone(self)))
+            .is_ok(),
     }
 }
 
@@ -772,5 +777,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn it_should_admit_exactly_the_limit_when_threads_race_for_it() {
+        let count = Arc::new(ClientCount::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let count = Arc::clone(&count);
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter_map(|_| count.try_admit(Some(10)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let held: Vec<ClientGuard> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!((held.len(), count.open()), (10, 10));
+        drop(held);
+        assert_eq!(count.open(), 0);
+        let _unlimited: Vec<_> = (0..50).map(|_| count.try_admit(None).unwrap()).collect();
+        assert_eq!(count.open(), 50);
     }
 }
