@@ -264,10 +264,14 @@ impl Service {
             });
         }
         if let Some(held_back) = self.shared.panic_log.allow() {
+            let since = if held_back > 0 {
+                format!(" ({held_back} more panic pick(s) since the last line)")
+            } else {
+                String::new()
+            };
             log::warn!(
                 "service {}: panic mode: {} of {} endpoint(s) usable (panic_threshold {}%); \
-                 balancing over all of them, ignoring health ({held_back} more panic pick(s) \
-                 since the last line)",
+                 balancing over all of them, ignoring health{since}",
                 self.name,
                 self.usable(),
                 self.eligible,
