@@ -182,18 +182,6 @@ pub async fn serve(
                 outcome.tx
             );
         }
-        Err(failed) if failed.panic => {
-            service.stats.slot(worker.index).panic.add(1);
-            record.attempts = failed.attempts.len() as u32;
-            record.end = Ending::ConnectFailed;
-            log::warn!(
-                "conn {id} from {peer} on {listener}: no endpoint of service {} answered in panic \
-                 mode after {} attempt(s): {}; closing the client",
-                service.name,
-                failed.attempts.len(),
-                attempt_list(&failed.attempts)
-            );
-        }
         Err(failed) if failed.attempts.is_empty() => {
             service.stats.slot(worker.index).no_endpoint.add(1);
             log::warn!(
@@ -203,7 +191,10 @@ pub async fn serve(
                 unusable(service)
             );
         }
-        Err(Failed { attempts, .. }) => {
+        Err(Failed { attempts, panic }) => {
+            if panic {
+                service.stats.slot(worker.index).panic.add(1);
+            }
             record.attempts = attempts.len() as u32;
             record.end = Ending::ConnectFailed;
             // Out of descriptors, every client fails the same way: one line a
@@ -211,9 +202,10 @@ pub async fn serve(
             let exhausted = attempts.iter().any(|a| a.error.is_resource_exhaustion());
             if !exhausted || RESOURCE_ERRORS.allow().is_some() {
                 log::warn!(
-                    "conn {id} from {peer} on {listener}: no endpoint of service {} answered \
+                    "conn {id} from {peer} on {listener}: no endpoint of service {} answered{} \
                      after {} attempt(s): {}; closing the client",
                     service.name,
+                    if panic { " in panic mode" } else { "" },
                     attempts.len(),
                     attempt_list(&attempts)
                 );
