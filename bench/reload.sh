@@ -25,7 +25,7 @@
 #   RELOAD_ENDPOINTS     endpoints per bulk service (default 10)
 #   RELOAD_BALANCE       the bulk services' balance policy (default round_robin)
 #   RELOAD_PAIRS         jitter rounds, each one run of none, files, hup (default 4)
-#   RELOAD_SECONDS       duration of each jitter run (default 6)
+#   RELOAD_SECONDS       duration of each jitter run (default 8)
 #   RELOAD_INTERVAL_MS   churn: ms between file rewrites (default 100)
 #   RELOAD_SETTLE_MS     pause after each switch (default 300)
 #   RELOAD_PACED_ROUNDS  extra big-config rounds with the probes paced at one
@@ -37,6 +37,9 @@
 #                        created and removed around the measurements; "" for
 #                        none (default /tmp/l4mesh-bench.lock)
 #   RELOAD_LOCK_WAIT     seconds to wait for the lock before giving up (default 1500)
+#   RELOAD_QUIET_WAIT    before each measurement, wait up to this many seconds
+#                        for the machine to be quiet (under 10 % CPU busy over
+#                        a second); 0 to skip (default 10)
 #
 # Needs python3, ss, timeout and cargo; installs nothing. Builds l4mesh and
 # examples pingpong and reload_probe (cargo build --release), runs every
@@ -57,7 +60,7 @@ SERVICES=${RELOAD_SERVICES:-1000}
 PER_SERVICE=${RELOAD_ENDPOINTS:-10}
 BALANCE=${RELOAD_BALANCE:-round_robin}
 PAIRS=${RELOAD_PAIRS:-4}
-SECS=${RELOAD_SECONDS:-6}
+SECS=${RELOAD_SECONDS:-8}
 INTERVAL=${RELOAD_INTERVAL_MS:-100}
 SETTLE=${RELOAD_SETTLE_MS:-300}
 COST_RUNS=${RELOAD_COST_RUNS:-10}
@@ -65,6 +68,7 @@ PACED=${RELOAD_PACED_ROUNDS:-6}
 PORT_BASE=${RELOAD_PORT_BASE:-24300}
 LOCK=${RELOAD_LOCK-/tmp/l4mesh-bench.lock}
 LOCK_WAIT=${RELOAD_LOCK_WAIT:-1500}
+QUIET_WAIT=${RELOAD_QUIET_WAIT:-10}
 # Servers run under `timeout` with this lifetime, a safety net should this
 # script be killed before it can stop them.
 LIFETIME=1800
@@ -73,6 +77,7 @@ PIDS=()            # "PID:STARTTIME" of every server started
 declare -A ENTRY   # server name -> "PID:STARTTIME"
 WORK=""
 LOCKED=0
+BUSY_GIVEUPS=0     # quiet waits that ran out
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf 'reload bench: error: %s\n' "$*" >&2; exit 1; }
@@ -87,6 +92,7 @@ check_settings() {
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$env_name must be a positive integer, got '${!v}'"
   done
   [[ $PACED =~ ^[0-9]+$ ]] || die "RELOAD_PACED_ROUNDS must be a number, got '$PACED'"
+  [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "RELOAD_QUIET_WAIT must be a number, got '$QUIET_WAIT'"
   (( PORT_BASE >= 1024 && PORT_BASE + 7 <= 65535 )) || die "RELOAD_PORT_BASE out of range"
   [[ $BALANCE =~ ^(round_robin|random|least_conn|p2c|source_hash)$ ]] ||
     die "RELOAD_BALANCE must be round_robin, random, least_conn, p2c or source_hash"
@@ -109,6 +115,40 @@ acquire_lock() {
   log "took the benchmark lock $LOCK"
 }
 
+# Between measurements: warn (and note for the report) if the lock is no
+# longer ours; take it again if someone removed it.
+check_lock() {
+  ((LOCKED)) || return 0
+  local owner
+  owner=$(cat "$LOCK" 2>/dev/null || true)
+  [[ $owner == "$$" ]] && return 0
+  if [[ -z $owner ]] && (set -o noclobber; echo "$$" >"$LOCK") 2>/dev/null; then
+    log "warning: someone removed the benchmark lock $LOCK during the run; took it again"
+  else
+    log "warning: the benchmark lock $LOCK now names PID ${owner:-?}; another benchmark may run alongside"
+  fi
+  record lock_lost 1
+}
+
+# Wait (up to RELOAD_QUIET_WAIT seconds) until the machine's CPUs were less
+# than 10 % busy over one second: other users of this shared machine (builds
+# do not take the benchmark lock) would otherwise be measured too.
+wait_quiet() {
+  ((QUIET_WAIT > 0)) || return 0
+  local t b0 b1 pct=0 tck ncpu
+  tck=$(getconf CLK_TCK) ncpu=$(nproc)
+  for ((t = 0; t < QUIET_WAIT; t++)); do
+    b0=$(busy_ticks)
+    sleep 1
+    b1=$(busy_ticks)
+    pct=$(((b1 - b0) * 100 / (tck * ncpu)))
+    ((pct < 10)) && return 0
+  done
+  log "  the machine is still busy (${pct} % CPU over the last second) after ${QUIET_WAIT}s; measuring anyway"
+  BUSY_GIVEUPS=$((BUSY_GIVEUPS + 1))
+  record busy_waits_given_up "$BUSY_GIVEUPS"
+}
+
 # Remove the lock if it is ours.
 release_lock() {
   ((LOCKED)) || return 0
@@ -116,6 +156,8 @@ release_lock() {
   if [[ $(cat "$LOCK" 2>/dev/null || true) == "$$" ]]; then
     rm -f "$LOCK"
     log "released the benchmark lock"
+  else
+    log "warning: the benchmark lock $LOCK was no longer ours at the end; left it alone"
   fi
 }
 
@@ -147,10 +189,13 @@ require_free_ports() {
 }
 
 # Start server $1 (log $WORK/logs/$1.log) running "${@:2}" under `timeout`.
+# --foreground: otherwise a SIGTERM to timeout reaches the server twice (once
+# directly, once through the process group), and l4mesh takes a second
+# SIGTERM as "exit now, without draining" (status 1).
 start_server() {
   local name=$1 entry
   shift
-  timeout -k 3 "$LIFETIME" "$@" >"$WORK/logs/$name.log" 2>&1 </dev/null &
+  timeout --foreground -k 3 "$LIFETIME" "$@" >"$WORK/logs/$name.log" 2>&1 </dev/null &
   entry=$(python3 "$HELPER" ident "$!") || entry="$!:0"
   PIDS+=("$entry")
   ENTRY[$name]=$entry
@@ -264,6 +309,8 @@ run_cost() {
 # switch-$3.jsonl, $4 microseconds between probes (0: tight loop).
 run_switches() {
   local size=$1 rounds=$2 name=$3 gap=$4 d="$WORK/$1" out="$WORK/switch-$3.jsonl"
+  check_lock
+  wait_quiet
   log "$size config: $rounds rounds of A/B switches (rename and in place), probe gap ${gap} us"
   if ! timeout $((rounds * 2 * (12 + SETTLE / 1000) + 30)) "$PROBE" switch "127.0.0.1:${P_WEB[$size]}" \
       "$d/l4mesh.toml" "$d/a.toml" "$d/b.toml" --repeats "$rounds" --settle-ms "$SETTLE" \
@@ -281,17 +328,32 @@ for mode in ("rename", "inplace"):
 EOF
 }
 
-# One jitter run: round $1, kind $2 (none | files | hup).
+# Busy CPU clock ticks of the whole machine so far (all CPUs; /proc/stat),
+# read without starting a process.
+busy_ticks() {
+  local _cpu user nice system _idle _iowait irq softirq steal _rest
+  read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+  echo $((user + nice + system + irq + softirq + steal))
+}
+
+# One jitter run: round $1, kind $2 (none | files | hup). Besides the
+# latencies, records the CPU the rest of the machine used meanwhile (busy
+# CPU of the machine minus l4mesh, the echo server and the client).
 run_jitter() {
-  local i=$1 kind=$2 d="$WORK/big" out="$WORK/jitter-$1-$2.json" args=() n0 r0 c0 c1 t0 t1
+  local i=$1 kind=$2 d="$WORK/big" out="$WORK/jitter-$1-$2.json" args=()
+  local n0 r0 c0 c1 t0 t1 e0 e1 b0 b1 w0 w1
   case $kind in
     files) args=(--churn "$d/l4mesh.toml" "$d/c.toml" "$d/a.toml" --interval-ms "$INTERVAL") ;;
     hup) args=(--churn "$d/l4mesh.toml" "$d/c.toml" "$d/a.toml" --interval-ms "$INTERVAL"
       --hup "$(python3 "$RHELPER" pid "${ENTRY[l4mesh-big]}")") ;;
   esac
+  check_lock
+  wait_quiet
   n0=$(reloads_so_far big) r0=$(rejects_so_far big)
   c0=$(python3 "$HELPER" cpu "${ENTRY[l4mesh-big]}")
   t0=$(python3 "$RHELPER" ctlcpu "${ENTRY[l4mesh-big]}")
+  e0=$(python3 "$HELPER" cpu "${ENTRY[echo]}")
+  b0=$(busy_ticks) w0=$EPOCHREALTIME
   if timeout $((SECS + 60)) "$PROBE" jitter "127.0.0.1:${P_PING[big]}" --seconds "$SECS" \
       "${args[@]}" >"$out" 2>"$WORK/logs/jitter-$i-$kind.log"; then
     :
@@ -299,6 +361,7 @@ run_jitter() {
     log "  warning: jitter run $i $kind failed (see $WORK/logs/jitter-$i-$kind.log)"
     rm -f "$out"
   fi
+  b1=$(busy_ticks) w1=$EPOCHREALTIME
   # Let the last write's reload finish before counting.
   sleep 0.5
   c1=$(python3 "$HELPER" cpu "${ENTRY[l4mesh-big]}")
@@ -307,7 +370,12 @@ run_jitter() {
   record "jitter/$i/$kind/rejected" "$(($(rejects_so_far big) - r0))"
   record "jitter/$i/$kind/cpu_s" "$(python3 -c "print(f'{$c1 - $c0:.2f}')")"
   record "jitter/$i/$kind/ctl_cpu_s" "$(python3 -c "print(f'{$t1 - $t0:.4f}')")"
-  [[ -s $out ]] && log "  pair $i $kind: $(cat "$out") reloads=$(($(reloads_so_far big) - n0))"
+  e1=$(python3 "$HELPER" cpu "${ENTRY[echo]}")
+  if [[ -s $out ]]; then
+    record "jitter/$i/$kind/other_cpu_pct" "$(python3 "$RHELPER" othercpu "$out" "$b0" "$b1" \
+      "$w0" "$w1" "$c0" "$c1" "$e0" "$e1" "$(getconf CLK_TCK)" "$(nproc)")"
+    log "  round $i $kind: $(cat "$out") reloads=$(($(reloads_so_far big) - n0))"
+  fi
 }
 
 run_all() {

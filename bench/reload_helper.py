@@ -14,6 +14,11 @@ Subcommands:
   pid ENTRY           the PID of that l4mesh process
   ctlcpu ENTRY        CPU seconds (user+system) of that l4mesh's control
                       threads (l4mesh-control, l4mesh-watch): the reload work
+  othercpu OUT B0 B1 W0 W1 C0 C1 E0 E1 TCK NCPU
+                      % of the machine's CPU used by others during a jitter
+                      run: busy ticks B0..B1 over wall time W0..W1, minus the
+                      client's own cpu_ticks (in OUT), l4mesh's CPU seconds
+                      C0..C1 and the echo server's E0..E1
   debounce FILE       the watcher's debounce in ms, read from the source
                       (src/control/watch.rs), or "?"
   report WORK MD JSON tables from the raw results in WORK; meta from env
@@ -138,6 +143,17 @@ def ctlcpu(entry):
     print(f"{total:.4f}")
 
 
+def othercpu(args):
+    out, b0, b1, w0, w1, c0, c1, e0, e1, tck, ncpu = args
+    tck = float(tck)
+    with open(out) as f:
+        own = (json.load(f).get("cpu_ticks") or 0) / tck
+    ours = own + float(c1) - float(c0) + float(e1) - float(e0)
+    busy = (int(b1) - int(b0)) / tck
+    wall = float(w1) - float(w0)
+    print(f"{max(busy - ours, 0.0) / (wall * int(ncpu)) * 100:.1f}")
+
+
 def debounce(path):
     try:
         with open(path) as f:
@@ -197,6 +213,10 @@ def read_extra(path):
                     extra[k] = v
     return extra
 
+
+# A jitter run during which the rest of the machine used more than this % of
+# its CPU is flagged as disturbed.
+QUIET_PCT = 10.0
 
 KINDS = (("none", "no reloads"),
          ("files", "file rewrites"),
@@ -270,7 +290,7 @@ def report(work, md_path, json_path):
             j = read_json(os.path.join(work, f"jitter-{i}-{kind}.json"))
             if j is None:
                 j = {"failed": True}
-            for key in ("reloads", "rejected", "cpu_s", "ctl_cpu_s"):
+            for key in ("reloads", "rejected", "cpu_s", "ctl_cpu_s", "other_cpu_pct"):
                 j[key if key != "cpu_s" else "proxy_cpu_s"] = extra.get(f"jitter/{i}/{kind}/{key}")
             j.update({"round": i, "kind": kind})
             jitter.append(j)
@@ -279,12 +299,29 @@ def report(work, md_path, json_path):
         return med([j.get(key) for j in jitter if j["kind"] == kind and not j.get("failed")])
 
     keys = ("count", "p50_us", "p99_us", "p999_us", "max_us", "over_1ms", "reloads", "writes",
-            "proxy_cpu_s", "ctl_cpu_s")
+            "proxy_cpu_s", "ctl_cpu_s", "other_cpu_pct")
     jsum = {kind: {k: jmed(kind, k) for k in keys} for kind, _ in KINDS}
     ratios = {}
     for kind in ("files", "hup"):
         if jsum["none"]["p99_us"] and jsum[kind]["p99_us"]:
             ratios[kind] = jsum[kind]["p99_us"] / jsum["none"]["p99_us"]
+    # Per round: p99 of the run ÷ p99 of the no-reload run just before it
+    # (paired, so slow drifts of the machine's load cancel), and the same
+    # over the rounds where neither run shared the machine with much else.
+    by = {(j["round"], j["kind"]): j for j in jitter if not j.get("failed")}
+    paired, paired_quiet = {}, {}
+    for kind in ("files", "hup"):
+        rs, qs = [], []
+        for i in range(1, pairs + 1):
+            a, b = by.get((i, "none")), by.get((i, kind))
+            if a and b and a.get("p99_us"):
+                r = b["p99_us"] / a["p99_us"]
+                rs.append(r)
+                loads = [x.get("other_cpu_pct") for x in (a, b)]
+                if all(v is not None and v <= QUIET_PCT for v in loads):
+                    qs.append(r)
+        paired[kind] = {"median": med(rs), "rounds": len(rs), "values": rs}
+        paired_quiet[kind] = {"median": med(qs), "rounds": len(qs), "values": qs}
     ctl_ms_per_reload = med([
         (j["ctl_cpu_s"] - jn["ctl_cpu_s"]) / j["reloads"] * 1e3
         for j in jitter if j["kind"] == "hup" and j.get("reloads") and j.get("ctl_cpu_s") is not None
@@ -296,7 +333,7 @@ def report(work, md_path, json_path):
     def jrow(first, kind, j, bold=False):
         b = "**" if bold else ""
         if j.get("failed"):
-            return f"| {first} | {label_of[kind]} | failed | | | | | | | |"
+            return f"| {first} | {label_of[kind]} | failed | | | | | | | | |"
         rel = fmt(j.get("reloads"), "{:,.0f}")
         if kind != "none":
             rel += f" / {fmt(j.get('writes'), '{:,.0f}')}"
@@ -304,7 +341,9 @@ def report(work, md_path, json_path):
                 f"| {b}{fmt(j.get('p50_us'))}{b} | {b}{fmt(j.get('p99_us'))}{b} "
                 f"| {fmt(j.get('p999_us'))} | {fmt(j.get('max_us'), '{:,.0f}')} "
                 f"| {fmt(j.get('over_1ms'), '{:,.0f}')} | {rel} "
-                f"| {fmt(j.get('ctl_cpu_s'), '{:.3f}')} |")
+                f"| {fmt(j.get('ctl_cpu_s'), '{:.3f}')} "
+                f"| {fmt(j.get('other_cpu_pct'), '{:.0f}')}"
+                f"{' ⚠' if (j.get('other_cpu_pct') or 0) > QUIET_PCT else ''} |")
 
     jrows = [jrow(j["round"], j["kind"], j) for j in jitter]
     jrows += [jrow("**median**", kind, jsum[kind], bold=True) for kind, _ in KINDS]
@@ -409,8 +448,8 @@ def report(work, md_path, json_path):
         "## 2. Reload jitter: 64 B ping-pong through l4mesh, big config",
         "",
         "| round | file activity | round trips | p50 µs | p99 µs | p99.9 µs | max µs "
-        "| > 1 ms | reloads applied / writes | control threads' CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| > 1 ms | reloads applied / writes | control threads' CPU s | other load % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ] + jrows + [""]
 
     def verdict(kind):
@@ -419,9 +458,24 @@ def report(work, md_path, json_path):
             return "n/a"
         return f"{r:.2f}× ({'within' if r <= 1.10 else 'NOT within'} the 10 % goal)"
 
+    def pv(d):
+        if d["median"] is None:
+            return "n/a (no such round)"
+        return (f"{d['median']:.2f}× over {d['rounds']} round(s) "
+                f"({', '.join(f'{v:.2f}' for v in d['values'])})")
+
     notes2 = [
-        f"p99 ÷ no-reload p99 (medians of {pairs} rounds): file rewrites "
+        f"p99 ÷ no-reload p99, medians of {pairs} rounds: file rewrites "
         f"**{verdict('files')}**, rewrites + SIGHUP **{verdict('hup')}**.",
+        "Paired per round (p99 ÷ p99 of the no-reload run of the same round), median: "
+        f"file rewrites {pv(paired['files'])}; rewrites + SIGHUP {pv(paired['hup'])}. "
+        f"Only rounds where neither run had other load above {QUIET_PCT:.0f} %: "
+        f"file rewrites {pv(paired_quiet['files'])}; rewrites + SIGHUP "
+        f"{pv(paired_quiet['hup'])}.",
+        "\"other load %\": CPU the rest of the machine used during the run (busy CPU from "
+        "`/proc/stat` minus l4mesh, the echo server and the client), as a share of all "
+        f"CPUs; ⚠ marks runs above {QUIET_PCT:.0f} %, whose latencies say more about the "
+        "neighbours than about l4mesh.",
         f"Each run: {st['jitter_seconds']} s of sequential 64-byte round trips on one "
         "connection (as `pingpong client`, after 1,000 warm-up round trips) to the pingpong "
         "echo server behind listener `ping`. Runs are interleaved round by round: no "
@@ -431,7 +485,9 @@ def report(work, md_path, json_path):
         "endpoint's weight in a service no listener uses; l4mesh reloads whenever its "
         "file watch decides to. \"rewrites + SIGHUP\": the same, plus a SIGHUP right after "
         "each write, which reloads at once (bypassing the debounce), so every write is "
-        "applied. \"reloads applied\" counts `configuration reloaded` log lines.",
+        "applied. \"reloads applied\" counts `configuration reloaded` log lines (a SIGHUP "
+        "reload is applied even when the watch already loaded the same content, so this "
+        "can exceed the writes by one or two).",
     ]
     if ctl_ms_per_reload is not None:
         notes2.append(
@@ -441,6 +497,12 @@ def report(work, md_path, json_path):
     notes2.append(
         "Client, backends and proxy share the machine "
         f"({meta['nproc']} CPUs, loopback only, no pinning): compare rows, not machines.")
+    if extra.get("lock_lost"):
+        notes2.append("⚠ The benchmark lock was lost during the run (someone removed or "
+                      "took it): another benchmark may have run alongside.")
+    if extra.get("busy_waits_given_up"):
+        notes2.append(f"⚠ {int(extra['busy_waits_given_up'])} measurement(s) started while "
+                      "the machine was still busy after the quiet wait.")
     md += [f"- {n}" for n in notes2]
 
     with open(md_path, "w") as f:
@@ -452,6 +514,8 @@ def report(work, md_path, json_path):
             "reload_cost_in_process_ms": cost,
             "memory_kb": rss,
             "jitter": {"summary": jsum, "p99_ratio_over_none": ratios,
+                       "p99_ratio_paired": paired, "p99_ratio_paired_quiet": paired_quiet,
+                       "quiet_threshold_pct": QUIET_PCT,
                        "control_cpu_ms_per_reload": ctl_ms_per_reload, "runs": jitter},
         }, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -470,6 +534,8 @@ def main():
         print(l4mesh_pid(args[0]))
     elif cmd == "ctlcpu":
         ctlcpu(args[0])
+    elif cmd == "othercpu":
+        othercpu(args)
     elif cmd == "debounce":
         debounce(args[0])
     elif cmd == "report":

@@ -5,11 +5,15 @@
 #   bash bench/run.sh
 #
 # Environment (all optional):
-#   BENCH_PROXIES    proxies to run, in order (default: "direct l4mesh haproxy haproxy-splice nginx")
+#   BENCH_PROXIES    proxies to run, in order (default: "direct l4mesh l4mesh-copy haproxy haproxy-splice nginx")
+#                    l4mesh runs with its default forward = "auto" (splice), l4mesh-copy with
+#                    forward = "copy"; l4mesh-base runs the binary BENCH_BASELINE_BIN (an older
+#                    build, e.g. to show what a change costs) with the same config, without
+#                    the keys older builds do not know
 #   BENCH_REPEATS    interleaved repeats; the median is reported (default 3)
 #   BENCH_SECONDS    duration of each iperf3 / wrk test (default 5)
 #   BENCH_PINGS      timed 64-byte ping-pong round trips (default 20000)
-#   BENCH_PORT_BASE  first loopback port used; 43 ports from there (default 24100)
+#   BENCH_PORT_BASE  first loopback port used; 73 ports from there (default 24100)
 #   BENCH_SUBJECT    proxy the ratio columns are computed for (default l4mesh)
 #   BENCH_MAX_SECONDS  stop starting new repeats after this long (default 1500)
 #
@@ -22,12 +26,13 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/bench/helper.py"
-ALL_PROXIES="direct l4mesh haproxy haproxy-splice nginx"
+ALL_PROXIES="direct l4mesh l4mesh-copy l4mesh-base haproxy haproxy-splice nginx"
+DEFAULT_PROXIES="direct l4mesh l4mesh-copy haproxy haproxy-splice nginx"
 
 # The command line as typed, for the report (BENCH_* variables that were set).
 COMMAND="$(env | { grep -E '^BENCH_[A-Z_]+=' || true; } | sort | sed -E 's/^([^=]+)=(.*)$/\1="\2"/' | tr '\n' ' ')bash bench/run.sh"
 
-PROXIES=${BENCH_PROXIES:-$ALL_PROXIES}
+PROXIES=${BENCH_PROXIES:-$DEFAULT_PROXIES}
 REPEATS=${BENCH_REPEATS:-3}
 DUR=${BENCH_SECONDS:-5}
 PINGS=${BENCH_PINGS:-20000}
@@ -58,7 +63,10 @@ check_settings() {
     env_name=${v#*:} v=${v%%:*}
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$env_name must be a positive integer, got '${!v}'"
   done
-  (( PORT_BASE >= 1024 && PORT_BASE + 42 <= 65535 )) || die "BENCH_PORT_BASE out of range"
+  (( PORT_BASE >= 1024 && PORT_BASE + 72 <= 65535 )) || die "BENCH_PORT_BASE out of range"
+  if want l4mesh-base; then
+    [[ -x ${BENCH_BASELINE_BIN:-} ]] || die "l4mesh-base needs BENCH_BASELINE_BIN=/path/to/an/l4mesh binary"
+  fi
   local p
   for p in $PROXIES; do
     [[ " $ALL_PROXIES " == *" $p "* ]] || die "unknown proxy '$p' in BENCH_PROXIES (known: $ALL_PROXIES)"
@@ -152,7 +160,7 @@ install_deps() {
 build_binaries() {
   local target=${CARGO_TARGET_DIR:-$ROOT/target} blog="$WORK/logs/build.log"
   command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
-  if want l4mesh; then
+  if want l4mesh || want l4mesh-copy; then
     log "building l4mesh and pingpong (cargo build --release; log: $blog)"
     (cd "$ROOT" && cargo build --release --bin l4mesh --example pingpong) >"$blog" 2>&1 ||
       { tail -n 30 "$blog" >&2; die "cargo build failed, see $blog"; }
@@ -277,9 +285,10 @@ proxy_config() {
   local name=$1 p_iperf=$2 p_http=$3 p_ping=$4 d="$WORK/$1" t
   mkdir -p "$d"
   case $name in
-    l4mesh)
+    l4mesh*)
       {
         printf '[runtime]\nworkers = 2\nbuffer_size = 65536\ndrain_timeout = "1s"\n'
+        [[ $name == l4mesh-copy ]] && printf 'forward = "copy"\n'
         for t in iperf http ping; do
           local lp=p_$t bp=B_${t^^}
           printf '\n[listeners.%s]\nlisten = "127.0.0.1:%s"\nservice = "%s"\n' "$t" "${!lp}" "$t"
@@ -338,8 +347,10 @@ start_proxies() {
     log "starting $name"
     d="$WORK/$name"
     case $name in
-      l4mesh) start_server "$name" "$WORK/logs/$name.log" \
+      l4mesh | l4mesh-copy) start_server "$name" "$WORK/logs/$name.log" \
         env RUST_LOG="${RUST_LOG:-warn}" "$L4MESH" -c "$d/l4mesh.toml" ;;
+      l4mesh-base) start_server "$name" "$WORK/logs/$name.log" \
+        env RUST_LOG="${RUST_LOG:-warn}" "$BENCH_BASELINE_BIN" -c "$d/l4mesh.toml" ;;
       haproxy*) start_server "$name" "$WORK/logs/$name.log" haproxy -db -f "$d/haproxy.cfg" ;;
       nginx) start_server "$name" "$WORK/logs/$name.log" \
         nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" -g 'daemon off;' ;;

@@ -26,7 +26,8 @@
 //! * `reload_probe jitter ADDR --seconds S [--warmup N] [--churn CONFIG
 //!   FILE_1 FILE_2 --interval-ms MS [--hup PID]]` does 64-byte ping-pongs (as
 //!   `pingpong client`) against the echo server behind `ADDR` for `S`
-//!   seconds and prints the round-trip percentiles as JSON. With `--churn`, a
+//!   seconds and prints the round-trip percentiles as JSON (with its own
+//!   CPU time in clock ticks, `cpu_ticks`). With `--churn`, a
 //!   second thread meanwhile replaces `CONFIG` (temp file + rename) every
 //!   `MS` milliseconds, alternating the contents of `FILE_1` and `FILE_2`,
 //!   and with `--hup PID` sends `PID` a SIGHUP after each write (so that
@@ -694,15 +695,29 @@ fn jitter(args: &[String]) -> Result<()> {
     let over_1ms = samples.iter().filter(|&&us| us > 1000.0).count();
     println!(
         "{{\"count\": {}, \"seconds\": {elapsed:.3}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \
-         \"p999_us\": {:.1}, \"max_us\": {:.1}, \"over_1ms\": {over_1ms}, \"writes\": {}}}",
+         \"p999_us\": {:.1}, \"max_us\": {:.1}, \"over_1ms\": {over_1ms}, \"writes\": {}, \
+         \"cpu_ticks\": {}}}",
         samples.len(),
         percentile(&samples, 0.50),
         percentile(&samples, 0.99),
         percentile(&samples, 0.999),
         samples.last().copied().unwrap_or(f64::NAN),
-        writes.load(Ordering::Relaxed)
+        writes.load(Ordering::Relaxed),
+        own_cpu_ticks().map_or("null".to_string(), |t| t.to_string())
     );
     Ok(())
+}
+
+/// CPU time (user + system, all threads) of this process so far, in clock
+/// ticks, from `/proc/self/stat`; so the caller can tell its own CPU from
+/// other load on the machine.
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 // ----------------------------------------------------------------- cost

@@ -22,9 +22,21 @@ fn pattern(seed: &mut u64, chunk: &mut [u8]) {
 }
 
 #[test]
-fn it_should_echo_100_megabytes_exactly() {
+fn it_should_echo_100_megabytes_exactly_when_splicing() {
+    echo_100_megabytes("splice");
+}
+
+#[test]
+fn it_should_echo_100_megabytes_exactly_when_copying() {
+    echo_100_megabytes("copy");
+}
+
+fn echo_100_megabytes(mode: &str) {
     const TOTAL: usize = 100 << 20;
-    let proxy = start_proxy(&config_text(&[(echo_backend(), 1)], ""));
+    let proxy = start_proxy(&with_forward(
+        &config_text(&[(echo_backend(), 1)], ""),
+        mode,
+    ));
     let mut client = connect(&proxy);
     let mut writer = client.try_clone().unwrap();
     let sent = thread::spawn(move || {
@@ -60,11 +72,13 @@ fn it_should_pass_the_clients_eof_on_and_still_carry_the_reply() {
         s.write_all(format!("got {} bytes", request.len()).as_bytes())
             .unwrap();
     });
-    let proxy = start_proxy(&config_text(&[(upstream, 1)], ""));
-    let mut client = connect(&proxy);
-    client.write_all(&[7; 5000]).unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_all(&mut client), "got 5000 bytes");
+    for mode in FORWARD_MODES {
+        let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
+        let mut client = connect(&proxy);
+        client.write_all(&[7; 5000]).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_all(&mut client), "got 5000 bytes", "{mode}");
+    }
 }
 
 #[test]
@@ -77,13 +91,15 @@ fn it_should_keep_carrying_the_clients_bytes_after_the_upstream_closes_its_side(
         s.read_to_end(&mut rest).unwrap();
         got_tx.send(rest).unwrap();
     });
-    let proxy = start_proxy(&config_text(&[(upstream, 1)], ""));
-    let mut client = connect(&proxy);
-    assert_eq!(read_all(&mut client), "bye");
-    client.write_all(b"still talking").unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let rest = got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(rest, b"still talking");
+    for mode in FORWARD_MODES {
+        let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
+        let mut client = connect(&proxy);
+        assert_eq!(read_all(&mut client), "bye");
+        client.write_all(b"still talking").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let rest = got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(rest, b"still talking", "{mode}");
+    }
 }
 
 #[test]
@@ -96,14 +112,16 @@ fn it_should_close_the_client_when_the_upstream_resets() {
             .unwrap();
         drop(s); // RST
     });
-    let proxy = start_proxy(&config_text(&[(upstream, 1)], ""));
-    let mut client = connect(&proxy);
-    client.write_all(b"hello").unwrap();
-    let started = Instant::now();
-    let mut sink = Vec::new();
-    // EOF or a reset: either way the client learns quickly that it is over.
-    let _ = client.read_to_end(&mut sink);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    for mode in FORWARD_MODES {
+        let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
+        let mut client = connect(&proxy);
+        client.write_all(b"hello").unwrap();
+        let started = Instant::now();
+        let mut sink = Vec::new();
+        // EOF or a reset: either way the client learns quickly that it is over.
+        let _ = client.read_to_end(&mut sink);
+        assert!(started.elapsed() < Duration::from_secs(5), "{mode}");
+    }
 }
 
 #[test]

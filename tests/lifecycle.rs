@@ -17,11 +17,18 @@ fn round_trip(stream: &mut TcpStream, text: &str) -> String {
 }
 
 #[test]
-fn it_should_close_a_connection_that_moves_no_bytes_for_idle_timeout() {
-    let proxy = start_proxy(&config_text(
-        &[(echo_backend(), 1)],
-        "idle_timeout = \"300ms\"",
-    ));
+fn it_should_close_a_connection_that_moves_no_bytes_for_idle_timeout_when_splicing() {
+    idle_timeout_closes("splice");
+}
+
+#[test]
+fn it_should_close_a_connection_that_moves_no_bytes_for_idle_timeout_when_copying() {
+    idle_timeout_closes("copy");
+}
+
+fn idle_timeout_closes(mode: &str) {
+    let text = config_text(&[(echo_backend(), 1)], "idle_timeout = \"300ms\"");
+    let proxy = start_proxy(&with_forward(&text, mode));
     let mut client = connect(&proxy);
     // Activity keeps it open past the timeout...
     let mut last_active = Instant::now();

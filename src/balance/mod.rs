@@ -79,6 +79,35 @@ pub(crate) mod tests {
         }
     }
 
+    /// Opens `picks` connections one after another through `policy` (each
+    /// pick sees the ones before it as active), returning the final active
+    /// counts and the worst spread of active/weight seen after any pick.
+    pub(crate) fn accumulate(policy: &dyn Policy, weights: &[u32], picks: u64) -> (Vec<u64>, f64) {
+        let active = std::cell::RefCell::new(vec![0u64; weights.len()]);
+        let mut worst: f64 = 0.0;
+        for _ in 0..picks {
+            let i = policy
+                .pick(&Pick {
+                    client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    retry: false,
+                    skip: &|_| false,
+                    active: &|i| active.borrow()[i],
+                })
+                .expect("an endpoint is always usable here");
+            active.borrow_mut()[i] += 1;
+            let loads: Vec<f64> = active
+                .borrow()
+                .iter()
+                .zip(weights)
+                .map(|(&a, &w)| a as f64 / f64::from(w))
+                .collect();
+            let spread = loads.iter().cloned().fold(f64::MIN, f64::max)
+                - loads.iter().cloned().fold(f64::MAX, f64::min);
+            worst = worst.max(spread);
+        }
+        (active.into_inner(), worst)
+    }
+
     /// A pick from 127.0.0.1 with no open connections, skipping per `skip`.
     pub(crate) fn pick_with(policy: &dyn Policy, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
         policy.pick(&Pick {

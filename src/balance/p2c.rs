@@ -99,7 +99,7 @@ impl Policy for PowerOfTwo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use crate::balance::tests::accumulate;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn pick(policy: &PowerOfTwo, active: &[u64], skip: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -154,40 +154,15 @@ mod tests {
         let weights = [1u32, 3, 6, 2];
         let total: u32 = weights.iter().sum();
         let policy = PowerOfTwo::new(&weights);
-        let active = RefCell::new(vec![0u64; weights.len()]);
         let picks = 12_000u64;
-        let mut worst_spread: f64 = 0.0;
-        for _ in 0..picks {
-            let i = policy
-                .pick(&Pick {
-                    client: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    retry: false,
-                    skip: &|_| false,
-                    active: &|i| active.borrow()[i],
-                })
-                .unwrap();
-            active.borrow_mut()[i] += 1;
-            let loads: Vec<f64> = active
-                .borrow()
-                .iter()
-                .zip(weights)
-                .map(|(&a, w)| a as f64 / f64::from(w))
-                .collect();
-            let spread = loads.iter().cloned().fold(f64::MIN, f64::max)
-                - loads.iter().cloned().fold(f64::MAX, f64::min);
-            worst_spread = worst_spread.max(spread);
-        }
+        let (active, worst_spread) = accumulate(&policy, &weights, picks);
         println!("p2c: worst active/weight spread over {picks} picks: {worst_spread:.2}");
         // Two choices are not all of them: allow a few connections of spread,
         // far below the hundreds that weighted random drifts by.
         assert!(worst_spread <= 4.0, "{worst_spread}");
-        for (a, w) in active.borrow().iter().zip(weights) {
+        for (a, w) in active.iter().zip(weights) {
             let exact = picks * u64::from(w) / u64::from(total);
-            assert!(
-                a.abs_diff(exact) <= 4 * u64::from(w),
-                "{:?}",
-                active.borrow()
-            );
+            assert!(a.abs_diff(exact) <= 4 * u64::from(w), "{active:?}");
         }
     }
 }

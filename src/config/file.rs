@@ -84,6 +84,12 @@ pub struct FileRuntime {
     /// The listen(2) backlog of every listener socket.
     #[serde(default = "default_backlog")]
     pub backlog: i64,
+    /// How bytes are moved: `"auto"`, `"splice"` or `"copy"`.
+    #[serde(default = "default_forward")]
+    pub forward: String,
+    /// Bytes per splice pipe.
+    #[serde(default = "default_pipe_size")]
+    pub pipe_size: i64,
 }
 
 impl Default for FileRuntime {
@@ -93,6 +99,8 @@ impl Default for FileRuntime {
             buffer_size: default_buffer_size(),
             drain_timeout: default_drain_timeout(),
             backlog: default_backlog(),
+            forward: default_forward(),
+            pipe_size: default_pipe_size(),
         }
     }
 }
@@ -198,6 +206,12 @@ fn default_drain_timeout() -> String {
 }
 fn default_backlog() -> i64 {
     1024
+}
+fn default_pipe_size() -> i64 {
+    1 << 20
+}
+fn default_forward() -> String {
+    "auto".to_string()
 }
 fn default_balance() -> String {
     "round_robin".to_string()

@@ -84,6 +84,36 @@ pub struct RuntimeConfig {
     pub drain_timeout: Duration,
     /// The listen(2) backlog.
     pub backlog: u32,
+    /// How bytes are moved.
+    pub forward: ForwardMode,
+    /// Bytes per splice pipe.
+    pub pipe_size: usize,
+}
+
+/// How a connection's bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    /// The faster way for the case, as measured (see the README): splice.
+    Auto,
+    /// Zero-copy `splice(2)` through a pipe per direction, on readiness;
+    /// a connection falls back to copying when no pipe can be had.
+    Splice,
+    /// io_uring reads and writes through owned buffers.
+    Copy,
+}
+
+impl ForwardMode {
+    /// Every mode with its config name.
+    pub const ALL: [(&'static str, ForwardMode); 3] = [
+        ("auto", ForwardMode::Auto),
+        ("splice", ForwardMode::Splice),
+        ("copy", ForwardMode::Copy),
+    ];
+
+    /// Whether connections are spliced (with copying as the fallback).
+    pub fn splices(self) -> bool {
+        self != ForwardMode::Copy
+    }
 }
 
 /// One `[listeners.NAME]`, validated.

@@ -7,7 +7,7 @@ use super::file::{
 };
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
-    HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem, RegistryConfig,
+    ForwardMode, HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem, RegistryConfig,
     RuntimeConfig, ServiceConfig, parse_duration,
 };
 use std::net::SocketAddr;
@@ -161,6 +161,25 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         65535,
         "use 1024 or more; the kernel caps it at net.core.somaxconn",
     );
+    let pipe_size = problems.integer(
+        "runtime.pipe_size",
+        file.pipe_size,
+        4096,
+        16 << 20,
+        "use 1048576 (the default); the kernel caps it at /proc/sys/fs/pipe-max-size",
+    );
+    let forward = ForwardMode::ALL
+        .iter()
+        .find(|(name, _)| *name == file.forward)
+        .map(|(_, mode)| *mode);
+    if forward.is_none() {
+        problems.push(
+            "runtime.forward",
+            quoted(&file.forward),
+            "not a forwarding mode",
+            "use \"auto\" (the default), \"splice\" or \"copy\"",
+        );
+    }
     let workers = match workers? {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -170,6 +189,8 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         buffer_size: buffer_size? as usize,
         drain_timeout: drain_timeout?,
         backlog: backlog? as u32,
+        forward: forward?,
+        pipe_size: pipe_size? as usize,
     })
 }
 

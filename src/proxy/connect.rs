@@ -7,8 +7,8 @@
 //! `TcpSocket`) rather than as an io_uring op: dropping a timed-out io_uring
 //! connect would leave the kernel op and its socket alive until the SYN
 //! retries give up (minutes), while dropping this future closes the socket and
-//! aborts the handshake at once. The connected socket is then handed to
-//! tokio-uring for the data path.
+//! aborts the handshake at once. The splice path keeps the socket there; the
+//! copy path hands it to tokio-uring ([`into_uring`]).
 
 use crate::control::{ActiveGuard, Endpoint, Outlier, Service};
 use crate::health::monotonic_ms;
@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio_uring::net::TcpStream;
+use tokio::net::TcpStream;
 
 /// Why one connect attempt failed. Every kind lets failover try another
 /// endpoint.
@@ -101,10 +101,16 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         }
         Ok(result) => result?,
     };
+    Ok(stream)
+}
+
+/// Hands a connected socket from the readiness driver to tokio-uring, for
+/// the copy path.
+pub fn into_uring(stream: TcpStream) -> io::Result<tokio_uring::net::TcpStream> {
     let stream = stream.into_std()?;
     // io_uring returns EAGAIN instead of waiting on an O_NONBLOCK socket.
     stream.set_nonblocking(false)?;
-    Ok(TcpStream::from_std(stream))
+    Ok(tokio_uring::net::TcpStream::from_std(stream))
 }
 
 /// Every connect attempt failed, or there was nothing to try.

@@ -55,54 +55,106 @@ pub struct Meters<'a> {
     pub tx: &'a Counter,
 }
 
-/// What both directions of one connection share.
-struct Shared<'a> {
-    buffers: &'a BufferPool,
-    last_active: Cell<Instant>,
+/// What both directions of one connection share, whatever moves the bytes.
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// When a byte last moved either way.
+    pub last_active: Cell<Instant>,
     /// The direction that ended first, once one has.
-    first_done: Cell<Option<Direction>>,
+    pub first_done: Cell<Option<Direction>>,
+}
+
+impl Shared {
+    pub(super) fn new() -> Shared {
+        Shared {
+            last_active: Cell::new(Instant::now()),
+            first_done: Cell::new(None),
+        }
+    }
+
+    /// Whether the other direction has already ended: then this one's EOF
+    /// needs no half-close, since both sockets close right after and
+    /// close() sends the FIN.
+    pub(super) fn other_done(&self) -> bool {
+        self.first_done.get().is_some()
+    }
+
+    /// Marks `direction` as ended (the first to end is remembered).
+    pub(super) fn done(&self, direction: Direction) {
+        if self.first_done.get().is_none() {
+            self.first_done.set(Some(direction));
+        }
+    }
 }
 
 /// Which way a pump moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(super) enum Direction {
     FromClient,
     ToClient,
 }
 
-/// Forwards between `client` and `upstream` until both directions end, the
-/// connection idles for `idle_timeout`, or `drain` turns true.
+/// Forwards between `client` and `upstream` with io_uring reads and writes
+/// through owned buffers, until both directions end, the connection idles
+/// for `idle_timeout`, or `drain` turns true.
 pub async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
     buffers: &BufferPool,
     meters: Meters<'_>,
     idle_timeout: Duration,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) -> Outcome {
-    let shared = Shared {
-        buffers,
-        last_active: Cell::new(Instant::now()),
-        first_done: Cell::new(None),
-    };
+    let shared = Shared::new();
     let both = async {
         tokio::join!(
-            pump(client, upstream, &shared, Direction::FromClient, meters.rx),
-            pump(upstream, client, &shared, Direction::ToClient, meters.tx)
+            pump(
+                client,
+                upstream,
+                buffers,
+                &shared,
+                Direction::FromClient,
+                meters.rx
+            ),
+            pump(
+                upstream,
+                client,
+                buffers,
+                &shared,
+                Direction::ToClient,
+                meters.tx
+            )
         )
     };
+    drive(&shared, both, idle_timeout, drain, || {
+        close(client, upstream)
+    })
+    .await
+}
+
+/// Runs both directions (`both`) until they end, or until the connection
+/// idles or is drained: then `close` shuts the sockets down, which makes the
+/// pending operations return, and both directions are awaited all the same
+/// (their buffers or pipes are still in the kernel's hands until then).
+pub(super) async fn drive(
+    shared: &Shared,
+    both: impl std::future::Future<Output = (Pumped, Pumped)>,
+    idle_timeout: Duration,
+    mut drain: watch::Receiver<bool>,
+    close: impl Fn(),
+) -> Outcome {
     tokio::pin!(both);
     let forced = tokio::select! {
-        (up, down) = &mut both => return outcome(up, down, None, &shared),
+        (up, down) = &mut both => return outcome(up, down, None, shared),
         () = idle(&shared.last_active, idle_timeout) => End::Idle,
         _ = drain.wait_for(|draining| *draining) => End::Drained,
     };
-    close(client, upstream);
+    close();
     let (up, down) = both.await;
-    outcome(up, down, Some(forced), &shared)
+    outcome(up, down, Some(forced), shared)
 }
 
-fn outcome(up: Pumped, down: Pumped, forced: Option<End>, shared: &Shared<'_>) -> Outcome {
+fn outcome(up: Pumped, down: Pumped, forced: Option<End>, shared: &Shared) -> Outcome {
     let end = match (forced, up.error, down.error) {
         (Some(end), _, _) => end,
         (None, Some(e), _) | (None, None, Some(e)) => End::Error(e),
@@ -118,9 +170,12 @@ fn outcome(up: Pumped, down: Pumped, forced: Option<End>, shared: &Shared<'_>) -
 }
 
 /// What one direction moved, and the error that stopped it, if any.
-struct Pumped {
-    bytes: u64,
-    error: Option<io::Error>,
+#[derive(Debug)]
+pub(super) struct Pumped {
+    /// Bytes moved.
+    pub bytes: u64,
+    /// The error that stopped it.
+    pub error: Option<io::Error>,
 }
 
 /// Copies `from` → `to` until EOF (then half-closes `to`) or an error (then
@@ -129,22 +184,20 @@ struct Pumped {
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    shared: &Shared<'_>,
+    buffers: &BufferPool,
+    shared: &Shared,
     direction: Direction,
     meter: &Counter,
 ) -> Pumped {
-    let mut buffer = shared.buffers.take();
+    let mut buffer = buffers.take();
     let mut bytes = 0u64;
     let error = loop {
         let (read, returned) = from.read(buffer).await;
         buffer = returned;
         let n = match read {
             Ok(0) => {
-                // When the other direction has already ended, both sockets are
-                // closed as soon as this returns, and close() sends the FIN:
-                // the shutdown would be a wasted syscall. Otherwise it is the
-                // half-close. Its error means the peer is gone: nothing to tell.
-                if shared.first_done.get().is_none() {
+                // The half-close; its error means the peer is gone already.
+                if !shared.other_done() {
                     let _ = to.shutdown(Shutdown::Write);
                 }
                 break None;
@@ -162,10 +215,8 @@ async fn pump(
         bytes += n as u64;
         shared.last_active.set(Instant::now());
     };
-    shared.buffers.give_back(buffer);
-    if shared.first_done.get().is_none() {
-        shared.first_done.set(Some(direction));
-    }
+    buffers.give_back(buffer);
+    shared.done(direction);
     if error.is_some() {
         close(from, to);
     }
@@ -180,7 +231,7 @@ fn close(a: &TcpStream, b: &TcpStream) {
 }
 
 /// Completes once no byte has moved for `timeout`.
-async fn idle(last_active: &Cell<Instant>, timeout: Duration) {
+pub(super) async fn idle(last_active: &Cell<Instant>, timeout: Duration) {
     loop {
         let deadline = last_active.get() + timeout;
         if Instant::now() >= deadline {

@@ -6,3 +6,4 @@ pub mod connect;
 pub mod forward;
 pub mod listener;
 pub mod session;
+pub mod splice;

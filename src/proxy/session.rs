@@ -4,6 +4,7 @@
 use super::buffers::BufferPool;
 use super::connect::{self, Attempt, Failed};
 use super::forward::{self, End, Meters};
+use super::splice::{self, PipePool};
 use crate::control::{EndpointState, Service, Table};
 use crate::metrics::access_log::{AccessLog, Ending, Record};
 use crate::metrics::{DURATION_BUCKETS, ListenerSlot};
@@ -32,6 +33,8 @@ pub struct WorkerState {
     pub open: Cell<usize>,
     /// Where access-log records go, if anywhere.
     pub access_log: Option<AccessLog>,
+    /// Pipes for splicing; `None` when the worker only copies.
+    pub pipes: Option<PipePool>,
     next_id: Cell<u64>,
 }
 
@@ -43,6 +46,7 @@ impl WorkerState {
         buffers: BufferPool,
         drain: watch::Receiver<bool>,
         access_log: Option<AccessLog>,
+        pipes: Option<PipePool>,
     ) -> WorkerState {
         WorkerState {
             index,
@@ -51,6 +55,7 @@ impl WorkerState {
             drain,
             open: Cell::new(0),
             access_log,
+            pipes,
             next_id: Cell::new(0),
         }
     }
@@ -95,14 +100,53 @@ impl Drop for OpenGuard {
     }
 }
 
+/// An accepted client socket, on whichever driver accepted it.
+pub enum Client {
+    /// Accepted by io_uring: forwarded by copying.
+    Uring(TcpStream),
+    /// Accepted on readiness: forwarded with splice when pipes are there.
+    Ready(tokio::net::TcpStream),
+}
+
+impl Client {
+    fn into_uring(self) -> std::io::Result<TcpStream> {
+        match self {
+            Client::Uring(stream) => Ok(stream),
+            Client::Ready(stream) => connect::into_uring(stream),
+        }
+    }
+}
+
+/// Forwards `client` ↔ `upstream`: spliced when the client was accepted on
+/// readiness (the worker splices), copied through io_uring otherwise.
+async fn relay(
+    client: Client,
+    upstream: tokio::net::TcpStream,
+    worker: &WorkerState,
+    meters: Meters<'_>,
+    idle_timeout: Duration,
+) -> forward::Outcome {
+    let drain = worker.drain.clone();
+    if let (Client::Ready(client), Some(pool)) = (&client, &worker.pipes) {
+        let (c, u, buffers) = (client, &upstream, &worker.buffers);
+        return splice::forward(c, u, pool, buffers, meters, idle_timeout, drain).await;
+    }
+    match (client.into_uring(), connect::into_uring(upstream)) {
+        (Ok(client), Ok(upstream)) => {
+            let buffers = &worker.buffers;
+            forward::forward(&client, &upstream, buffers, meters, idle_timeout, drain).await
+        }
+        (Err(e), _) | (_, Err(e)) => forward::Outcome {
+            rx: 0,
+            tx: 0,
+            end: End::Error(e),
+        },
+    }
+}
+
 /// Serves one accepted client on listener `listener` until it closes, then
 /// counts it and writes its access-log record.
-pub async fn serve(
-    client: TcpStream,
-    peer: SocketAddr,
-    listener: Rc<str>,
-    worker: Rc<WorkerState>,
-) {
+pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker: Rc<WorkerState>) {
     let _open = OpenGuard::new(&worker);
     let id = worker.next_id();
     let started = Instant::now();
@@ -118,7 +162,7 @@ pub async fn serve(
     let mut record = Record {
         start,
         duration: Duration::ZERO,
-        listener: Arc::from(&*listener),
+        listener: Arc::clone(&listener),
         client: peer,
         endpoint: None,
         rx: 0,
@@ -151,15 +195,8 @@ pub async fn serve(
                 rx: &counts.rx_bytes,
                 tx: &counts.tx_bytes,
             };
-            let outcome = forward::forward(
-                &client,
-                &connected.stream,
-                &worker.buffers,
-                meters,
-                service.idle_timeout,
-                worker.drain.clone(),
-            )
-            .await;
+            let upstream = connected.stream;
+            let outcome = relay(client, upstream, &worker, meters, service.idle_timeout).await;
             record.endpoint = Some(endpoint);
             record.attempts = connected.attempts;
             (record.rx, record.tx) = (outcome.rx, outcome.tx);

@@ -6,11 +6,12 @@
 //! again rather than spinning on an error that cannot clear by itself.
 
 use super::log_limit::RESOURCE_ERRORS;
-use crate::proxy::session::{self, WorkerState};
+use crate::proxy::session::{self, Client, WorkerState};
 use socket2::SockRef;
 use std::io;
-use std::net::{Shutdown, TcpListener as StdListener};
+use std::net::{Shutdown, SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
@@ -18,11 +19,29 @@ use tokio_uring::net::TcpListener;
 /// How long to wait after a resource error before accepting again.
 const BACKOFF: Duration = Duration::from_millis(100);
 
+/// A listening socket on whichever driver serves it.
+enum Acceptor {
+    /// Accepts through io_uring: clients are forwarded by copying.
+    Uring(TcpListener),
+    /// Accepts on readiness: clients stay on the readiness driver, ready to
+    /// be spliced without moving their socket between drivers.
+    Ready(tokio::net::TcpListener),
+}
+
+impl Acceptor {
+    async fn accept(&self) -> io::Result<(Client, SocketAddr)> {
+        match self {
+            Acceptor::Uring(l) => l.accept().await.map(|(c, p)| (Client::Uring(c), p)),
+            Acceptor::Ready(l) => l.accept().await.map(|(c, p)| (Client::Ready(c), p)),
+        }
+    }
+}
+
 /// Accepts on `socket` until `stop` turns true, serving each client on this
 /// worker.
 pub async fn accept_loop(
     socket: StdListener,
-    name: Rc<str>,
+    name: Arc<str>,
     worker: Rc<WorkerState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -39,20 +58,32 @@ pub async fn accept_loop(
             return;
         }
     };
-    let listener = TcpListener::from_std(socket);
+    let acceptor = if worker.pipes.is_some() {
+        match socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(socket))
+        {
+            Ok(listener) => Acceptor::Ready(listener),
+            Err(e) => {
+                log::error!(
+                    "worker {}: listener {name}: {e}; not accepting",
+                    worker.index
+                );
+                return;
+            }
+        }
+    } else {
+        Acceptor::Uring(TcpListener::from_std(socket))
+    };
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = acceptor.accept() => accepted,
             _ = stop.wait_for(|stopping| *stopping) => break,
         };
         match accepted {
             Ok((client, peer)) => {
-                tokio_uring::spawn(session::serve(
-                    client,
-                    peer,
-                    Rc::clone(&name),
-                    Rc::clone(&worker),
-                ));
+                let (name, worker) = (Arc::clone(&name), Rc::clone(&worker));
+                tokio_uring::spawn(session::serve(client, peer, name, worker));
             }
             Err(e) => handle_error(&e, &name).await,
         }

@@ -119,6 +119,16 @@ impl ProxyControl {
     }
 }
 
+/// Pipes each worker may hold open: a quarter of the descriptor limit
+/// shared between the workers (two descriptors a pipe), leaving the rest
+/// for sockets. Pipes are held only while a chunk is in flight, so this
+/// bounds bursts, not connections; past it, chunks are copied instead.
+fn pipe_budget(workers: usize) -> usize {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let per_worker = limit / 4 / 2 / workers.max(1) as u64;
+    usize::try_from(per_worker).unwrap_or(usize::MAX).max(1)
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -153,6 +163,9 @@ impl Proxy {
                 drain_timeout: config.runtime.drain_timeout,
                 stop: stop_rx.clone(),
                 access_log: access_log.clone(),
+                forward: config.runtime.forward,
+                max_pipes: pipe_budget(workers),
+                pipe_size: config.runtime.pipe_size,
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()

@@ -4,14 +4,17 @@
 
 use super::accept::accept_loop;
 use super::listeners::ListenerChange;
+use crate::config::ForwardMode;
 use crate::control::Table;
 use crate::metrics::access_log::AccessLog;
 use crate::proxy::buffers::BufferPool;
 use crate::proxy::session::WorkerState;
+use crate::proxy::splice::PipePool;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
@@ -37,6 +40,12 @@ pub struct WorkerPlan {
     pub stop: watch::Receiver<bool>,
     /// Where access-log records go, if anywhere.
     pub access_log: Option<AccessLog>,
+    /// How bytes are moved.
+    pub forward: ForwardMode,
+    /// Pipes this worker may hold open at once.
+    pub max_pipes: usize,
+    /// Bytes per splice pipe.
+    pub pipe_size: usize,
 }
 
 /// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
@@ -80,6 +89,9 @@ async fn serve(mut plan: WorkerPlan) {
         BufferPool::new(plan.buffer_size, POOLED_BUFFERS),
         drain_rx,
         plan.access_log,
+        plan.forward
+            .splices()
+            .then(|| PipePool::new(plan.pipe_size, POOLED_BUFFERS, plan.max_pipes)),
     ));
     let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
     let mut stopped: Vec<JoinHandle<()>> = Vec::new();
@@ -93,7 +105,7 @@ async fn serve(mut plan: WorkerPlan) {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let task = tokio_uring::spawn(accept_loop(
                     socket,
-                    Rc::from(name.as_str()),
+                    Arc::from(name.as_str()),
                     Rc::clone(&worker),
                     stop_rx,
                 ));

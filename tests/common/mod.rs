@@ -75,6 +75,18 @@ pub fn config_text(endpoints: &[(SocketAddr, u32)], service_extra: &str) -> Stri
     )
 }
 
+/// The config text with `runtime.forward` set to `mode`.
+pub fn with_forward(text: &str, mode: &str) -> String {
+    text.replacen(
+        "[runtime]\n",
+        &format!("[runtime]\nforward = \"{mode}\"\n"),
+        1,
+    )
+}
+
+/// Both forwarding paths, for tests that must hold on each.
+pub const FORWARD_MODES: [&str; 2] = ["splice", "copy"];
+
 /// Starts the proxy library on config text.
 pub fn start_proxy(text: &str) -> Proxy {
     let config = Config::parse(text, Path::new("test.toml")).unwrap();
