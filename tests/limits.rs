@@ -1,7 +1,7 @@
 //! Connection limits over real sockets: a listener's `max_connections`
 //! (process-wide across workers; clients over it are closed at once, counted
 //! and logged, and accepting goes on) and `max_connections_per_endpoint` (a
-//! full endpoint is skipped by the balancer).
+//! full endpoint is skipped by the balancer), on both forwarding paths.
 
 mod common;
 
@@ -43,6 +43,14 @@ fn rush(addr: SocketAddr, n: usize) -> (Vec<(TcpStream, u8)>, usize) {
 
 #[test]
 fn it_should_close_clients_over_max_connections_at_once_count_them_and_keep_accepting() {
+    // Clients come from an io_uring accept (copy) or a readiness accept
+    // (splice): both are closed the same way.
+    for mode in FORWARD_MODES {
+        closes_clients_over_max_connections(mode);
+    }
+}
+
+fn closes_clients_over_max_connections(mode: &str) {
     let dir = TempDir::new();
     let log = dir.join("access.log");
     let text = format!(
@@ -53,7 +61,7 @@ fn it_should_close_clients_over_max_connections_at_once_count_them_and_keep_acce
         log.display(),
         endpoint_list(&[echo_backend()])
     );
-    let served = Served::start(&text);
+    let served = Served::start(&with_forward(&text, mode));
     let (web, admin) = (served.addr("web"), served.server.admin_addr().unwrap());
 
     // Ten clients at once, spread over both workers: three get through.
@@ -124,13 +132,17 @@ fn it_should_keep_the_listener_count_across_a_reload_that_adds_the_limit() {
 
 #[test]
 fn it_should_skip_an_endpoint_at_max_connections_per_endpoint() {
+    for mode in FORWARD_MODES {
+        skips_full_endpoints(mode);
+    }
+}
+
+fn skips_full_endpoints(mode: &str) {
     // A has ten times B's weight: without the limit nearly every client
     // would go there.
     let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
-    let proxy = start_proxy(&config_text(
-        &[(a, 10), (b, 1)],
-        "max_connections_per_endpoint = 2",
-    ));
+    let text = config_text(&[(a, 10), (b, 1)], "max_connections_per_endpoint = 2");
+    let proxy = start_proxy(&with_forward(&text, mode));
     let web = proxy.local_addr("web").unwrap();
     // Twelve clients at once over both workers: two per endpoint.
     let (held, closed) = rush(web, 12);
