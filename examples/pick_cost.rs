@@ -10,9 +10,10 @@
 //!   at once on the same policy (as two workers share a snapshot); the
 //!   two-thread figure is what each thread pays per pick.
 //! * `+count`: each pick also opens a connection on the endpoint it picked
-//!   (an atomic increment, as `Endpoint::acquire`) and closes the one opened
-//!   256 picks earlier (a decrement), so the counts the connection-aware
-//!   policies read are being written by the other thread too.
+//!   (an atomic increment, as `Endpoint::try_acquire` without a limit) and
+//!   closes the one opened 256 picks earlier (a decrement), so the counts
+//!   the connection-aware policies read are being written by the other
+//!   thread too.
 //!
 //! Every figure is the median of several runs: the machine may be busy.
 

@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

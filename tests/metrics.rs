@@ -7,36 +7,9 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// `GET path` against the admin listener: (status, body).
-fn get(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
-
-/// Every sample of /metrics, by `name{labels}` as written.
-fn samples(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = get(admin, "GET", "/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (key, value) = l.rsplit_once(' ').unwrap();
-            (key.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
 
 fn config(endpoints: &str, extra: &str) -> String {
     format!(

@@ -113,6 +113,9 @@ pub struct FileListener {
     pub listen: String,
     /// The name of the service that gets this listener's connections.
     pub service: String,
+    /// Open client connections allowed at once, across all workers; none
+    /// means no limit.
+    pub max_connections: Option<i64>,
 }
 
 /// `[services.NAME]`.
@@ -134,6 +137,54 @@ pub struct FileService {
     /// The service's endpoints; may be empty (the registry may fill it later).
     #[serde(default)]
     pub endpoints: Vec<FileEndpoint>,
+    /// Below this percentage of usable endpoints, balance over all of them.
+    #[serde(default)]
+    pub panic_threshold: i64,
+    /// Open connections allowed to each endpoint at once; none means no limit.
+    pub max_connections_per_endpoint: Option<i64>,
+    /// `[services.NAME.health]`: active health checks, if any.
+    pub health: Option<FileHealth>,
+    /// `[services.NAME.outlier]`: passive outlier ejection, if any.
+    pub outlier: Option<FileOutlier>,
+}
+
+/// `[services.NAME.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    /// Time between two probes of one endpoint (jittered by ±10%).
+    #[serde(default = "default_health_interval")]
+    pub interval: String,
+    /// How long one probe may take, connect and reply included.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: String,
+    /// Consecutive passed probes that mark a down endpoint up.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: i64,
+    /// Consecutive failed probes that mark an up endpoint down.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: i64,
+    /// Bytes to send once connected.
+    pub send: Option<String>,
+    /// What the reply must start with.
+    pub expect: Option<String>,
+}
+
+/// `[services.NAME.outlier]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    /// Connect failures in a row that eject an endpoint.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: i64,
+    /// The first ejection's length; repeated ejections last a multiple.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection: String,
+    /// The longest ejection (default: the longer of 5m and `base_ejection`).
+    pub max_ejection: Option<String>,
+    /// The largest share of a service's endpoints ejected at once.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: i64,
 }
 
 /// One entry of `endpoints = [...]`.
@@ -185,4 +236,25 @@ fn default_registry_mode() -> String {
 }
 fn default_weight() -> i64 {
     1
+}
+fn default_health_interval() -> String {
+    "2s".to_string()
+}
+fn default_health_timeout() -> String {
+    "1s".to_string()
+}
+fn default_healthy_threshold() -> i64 {
+    2
+}
+fn default_unhealthy_threshold() -> i64 {
+    3
+}
+fn default_consecutive_failures() -> i64 {
+    5
+}
+fn default_base_ejection() -> String {
+    "30s".to_string()
+}
+fn default_max_ejection_percent() -> i64 {
+    50
 }

@@ -125,6 +125,9 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// The service its connections go to (known to exist).
     pub service: String,
+    /// Open client connections allowed at once across all workers; a client
+    /// over the limit is accepted and closed at once.
+    pub max_connections: Option<u64>,
 }
 
 /// The balancing policies.
@@ -168,6 +171,46 @@ pub struct ServiceConfig {
     pub connect_attempts: NonZeroU32,
     /// The endpoints, in file order.
     pub endpoints: Vec<EndpointConfig>,
+    /// Below this percentage (0 to 100) of usable endpoints, balance over
+    /// all of them ignoring health; 0 means only when none is usable.
+    pub panic_threshold: u8,
+    /// Open connections allowed to each endpoint at once.
+    pub max_connections_per_endpoint: Option<u64>,
+    /// Active health checks, if configured.
+    pub health: Option<HealthConfig>,
+    /// Passive outlier ejection, if configured.
+    pub outlier: Option<OutlierConfig>,
+}
+
+/// `[services.NAME.health]`, validated: `timeout < interval`, thresholds at
+/// least 1, `send` and `expect` not empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between two probes of one endpoint, before the ±10% jitter.
+    pub interval: Duration,
+    /// How long one probe may take, connect and reply included.
+    pub timeout: Duration,
+    /// Consecutive passed probes that mark a down endpoint up.
+    pub healthy_threshold: NonZeroU32,
+    /// Consecutive failed probes that mark an up endpoint down.
+    pub unhealthy_threshold: NonZeroU32,
+    /// Bytes sent once connected.
+    pub send: Option<Vec<u8>>,
+    /// Bytes the reply must start with.
+    pub expect: Option<Vec<u8>>,
+}
+
+/// `[services.NAME.outlier]`, validated: `base_ejection <= max_ejection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// Connect failures in a row that eject an endpoint.
+    pub consecutive_failures: NonZeroU32,
+    /// The first ejection's length; the n-th in a row lasts n times as long.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+    /// The largest share (0 to 100) of a service's endpoints ejected at once.
+    pub max_ejection_percent: u8,
 }
 
 /// One endpoint, validated.

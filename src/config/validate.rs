@@ -2,12 +2,13 @@
 //! the key path, the value, the reason and the fix.
 
 use super::file::{
-    FileAccessLog, FileConfig, FileEndpoint, FileListener, FileRegistry, FileRuntime, FileService,
+    FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileListener, FileOutlier, FileRegistry,
+    FileRuntime, FileService,
 };
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
-    ForwardMode, ListenerConfig, MAX_WEIGHT, Problem, RegistryConfig, RuntimeConfig, ServiceConfig,
-    parse_duration,
+    ForwardMode, HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem, RegistryConfig,
+    RuntimeConfig, ServiceConfig, parse_duration,
 };
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -82,6 +83,17 @@ impl Problems {
         }
     }
 }
+
+/// The most connections a limit may allow: each proxied connection holds
+/// two descriptors, and Linux caps a process at about a million.
+pub const MAX_CONNECTIONS: i64 = 1_000_000;
+
+/// The longest `send` or `expect` of a health check, in bytes.
+pub const MAX_PROBE_BYTES: usize = 1024;
+
+/// The default cap on one ejection (Envoy's `max_ejection_time`), used when
+/// `max_ejection` is not set and `base_ejection` is shorter.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 
 /// The longest duration any setting accepts: long enough for any timeout,
 /// short enough that deadlines computed from it never overflow.
@@ -241,9 +253,27 @@ fn registry(file: &FileRegistry, problems: &mut Problems) -> Option<RegistryConf
 
 fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> {
     let mut out: Vec<ListenerConfig> = Vec::new();
-    for (name, FileListener { listen, service }) in &file.listeners {
+    for (
+        name,
+        FileListener {
+            listen,
+            service,
+            max_connections,
+        },
+    ) in &file.listeners
+    {
         let key = format!("listeners.{name}");
         let addr = problems.address(&format!("{key}.listen"), listen, true);
+        let limit = max_connections.map(|n| {
+            problems.integer(
+                &format!("{key}.max_connections"),
+                n,
+                1,
+                MAX_CONNECTIONS,
+                "use the most clients this listener may hold open at once, or remove the key \
+                 for no limit",
+            )
+        });
         if !file.services.contains_key(service) {
             let known: Vec<_> = file.services.keys().map(String::as_str).collect();
             let fix = if known.is_empty() {
@@ -261,7 +291,9 @@ fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> 
                 &fix,
             );
         }
-        let Some(addr) = addr else { continue };
+        let (Some(addr), Some(max_connections)) = (addr, flip(limit)) else {
+            continue;
+        };
         if let Some(other) = out.iter().find(|l| same_listen_address(l.listen, addr)) {
             problems.push(
                 &format!("{key}.listen"),
@@ -278,6 +310,7 @@ fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> 
             name: name.clone(),
             listen: addr,
             service: service.clone(),
+            max_connections: max_connections.map(|n| n as u64),
         });
     }
     out
@@ -341,6 +374,31 @@ fn service(name: &str, file: &FileService, problems: &mut Problems) -> Option<Se
             );
         }
     }
+    let panic_threshold = problems.integer(
+        &format!("{key}.panic_threshold"),
+        file.panic_threshold,
+        0,
+        100,
+        "use a percentage from 0 to 100; 0 ignores health only when no endpoint is usable",
+    );
+    let per_endpoint = file.max_connections_per_endpoint.map(|n| {
+        problems.integer(
+            &format!("{key}.max_connections_per_endpoint"),
+            n,
+            1,
+            MAX_CONNECTIONS,
+            "use the most connections one endpoint may take at once, or remove the key for no \
+             limit",
+        )
+    });
+    let health = file
+        .health
+        .as_ref()
+        .map(|h| health(&format!("{key}.health"), h, problems));
+    let outlier = file
+        .outlier
+        .as_ref()
+        .map(|o| outlier(&format!("{key}.outlier"), o, problems));
     Some(ServiceConfig {
         name: name.to_string(),
         balance: balance?,
@@ -348,6 +406,141 @@ fn service(name: &str, file: &FileService, problems: &mut Problems) -> Option<Se
         idle_timeout: idle_timeout?,
         connect_attempts: NonZeroU32::new(attempts? as u32)?,
         endpoints,
+        panic_threshold: panic_threshold? as u8,
+        max_connections_per_endpoint: flip(per_endpoint)?.map(|n| n as u64),
+        health: flip(health)?,
+        outlier: flip(outlier)?,
+    })
+}
+
+/// An optional setting that may have failed validation: `Some(None)` when it
+/// is absent, `None` when it is present and wrong.
+fn flip<T>(value: Option<Option<T>>) -> Option<Option<T>> {
+    match value {
+        None => Some(None),
+        Some(checked) => checked.map(Some),
+    }
+}
+
+fn health(key: &str, file: &FileHealth, problems: &mut Problems) -> Option<HealthConfig> {
+    let interval = problems.duration(
+        &format!("{key}.interval"),
+        &file.interval,
+        Duration::from_millis(100),
+    );
+    let timeout = problems.duration(
+        &format!("{key}.timeout"),
+        &file.timeout,
+        Duration::from_millis(1),
+    );
+    if let (Some(interval), Some(t)) = (interval, timeout)
+        && t >= interval
+    {
+        problems.push(
+            &format!("{key}.timeout"),
+            quoted(&file.timeout),
+            &format!(
+                "it must be shorter than the interval ({})",
+                file.interval.trim()
+            ),
+            "use a timeout below the interval, such as half of it, so probes never overlap",
+        );
+    }
+    let threshold = |problems: &mut Problems, name: &str, value: i64| {
+        problems.integer(
+            &format!("{key}.{name}"),
+            value,
+            1,
+            100,
+            "use the number of probes in a row that must agree, from 1 to 100",
+        )
+    };
+    let healthy = threshold(problems, "healthy_threshold", file.healthy_threshold);
+    let unhealthy = threshold(problems, "unhealthy_threshold", file.unhealthy_threshold);
+    let mut bytes = |name: &str, value: &Option<String>| -> Option<Option<Vec<u8>>> {
+        let Some(text) = value else {
+            return Some(None);
+        };
+        let reason = if text.is_empty() {
+            "it is empty"
+        } else if text.len() > MAX_PROBE_BYTES {
+            "it is longer than 1024 bytes"
+        } else {
+            return Some(Some(text.as_bytes().to_vec()));
+        };
+        let fix = format!(
+            "write the bytes as a TOML string (escapes such as \\r\\n work), at most 1024 \
+             bytes, or remove `{name}`"
+        );
+        problems.push(&format!("{key}.{name}"), quoted(text), reason, &fix);
+        None
+    };
+    let send = bytes("send", &file.send);
+    let expect = bytes("expect", &file.expect);
+    let (interval, timeout) = (interval?, timeout?);
+    if timeout >= interval {
+        return None;
+    }
+    Some(HealthConfig {
+        interval,
+        timeout,
+        healthy_threshold: NonZeroU32::new(healthy? as u32)?,
+        unhealthy_threshold: NonZeroU32::new(unhealthy? as u32)?,
+        send: send?,
+        expect: expect?,
+    })
+}
+
+fn outlier(key: &str, file: &FileOutlier, problems: &mut Problems) -> Option<OutlierConfig> {
+    let failures = problems.integer(
+        &format!("{key}.consecutive_failures"),
+        file.consecutive_failures,
+        1,
+        1000,
+        "use the number of connect failures in a row that eject an endpoint, such as 5",
+    );
+    let base = problems.duration(
+        &format!("{key}.base_ejection"),
+        &file.base_ejection,
+        Duration::from_millis(100),
+    );
+    let max = file.max_ejection.as_ref().map(|text| {
+        problems.duration(
+            &format!("{key}.max_ejection"),
+            text,
+            Duration::from_millis(100),
+        )
+    });
+    let percent = problems.integer(
+        &format!("{key}.max_ejection_percent"),
+        file.max_ejection_percent,
+        0,
+        100,
+        "use a percentage from 0 to 100 (0 never ejects)",
+    );
+    let base = base?;
+    let max = match flip(max)? {
+        Some(max) if max < base => {
+            let text = file.max_ejection.as_deref().unwrap_or_default();
+            problems.push(
+                &format!("{key}.max_ejection"),
+                quoted(text),
+                &format!(
+                    "it is shorter than base_ejection ({})",
+                    file.base_ejection.trim()
+                ),
+                "use a max_ejection at least as long as base_ejection",
+            );
+            return None;
+        }
+        Some(max) => max,
+        None => base.max(DEFAULT_MAX_EJECTION),
+    };
+    Some(OutlierConfig {
+        consecutive_failures: NonZeroU32::new(failures? as u32)?,
+        base_ejection: base,
+        max_ejection: max,
+        max_ejection_percent: percent? as u8,
     })
 }
 
@@ -370,6 +563,7 @@ fn endpoint(key: &str, file: &FileEndpoint, problems: &mut Problems) -> Option<E
 mod tests {
     use crate::config::{Config, ConfigError};
     use std::path::Path;
+    use std::time::Duration;
 
     fn problems(text: &str) -> Vec<String> {
         match Config::parse(text, Path::new("t.toml")) {
@@ -441,5 +635,93 @@ mod tests {
             [services.s]
         "#;
         assert!(Config::parse(text, Path::new("t.toml")).is_ok());
+    }
+
+    #[test]
+    fn it_should_read_the_issues_health_outlier_and_limit_example() {
+        let text = r#"
+            [listeners.web]
+            listen = "127.0.0.1:8080"
+            service = "web"
+            max_connections = 1000
+            [services.web]
+            panic_threshold = 30
+            max_connections_per_endpoint = 200
+            endpoints = [{ addr = "127.0.0.1:9001" }]
+            [services.web.health]
+            interval = "2s"
+            timeout = "1s"
+            healthy_threshold = 2
+            unhealthy_threshold = 3
+            send = "PING\r\n"
+            expect = "+PONG"
+            [services.web.outlier]
+            consecutive_failures = 5
+            base_ejection = "30s"
+            max_ejection_percent = 50
+        "#;
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.listeners[0].max_connections, Some(1000));
+        let web = config.service("web").unwrap();
+        assert_eq!(web.panic_threshold, 30);
+        assert_eq!(web.max_connections_per_endpoint, Some(200));
+        let health = web.health.as_ref().unwrap();
+        assert_eq!(health.interval, Duration::from_secs(2));
+        assert_eq!(health.timeout, Duration::from_secs(1));
+        assert_eq!(health.healthy_threshold.get(), 2);
+        assert_eq!(health.unhealthy_threshold.get(), 3);
+        // TOML's escapes reach the wire as bytes.
+        assert_eq!(health.send.as_deref(), Some(&b"PING\r\n"[..]));
+        assert_eq!(health.expect.as_deref(), Some(&b"+PONG"[..]));
+        let outlier = web.outlier.as_ref().unwrap();
+        assert_eq!(outlier.consecutive_failures.get(), 5);
+        assert_eq!(outlier.base_ejection, Duration::from_secs(30));
+        assert_eq!(outlier.max_ejection, Duration::from_secs(300));
+        assert_eq!(outlier.max_ejection_percent, 50);
+    }
+
+    #[test]
+    fn it_should_default_every_health_and_outlier_key_and_leave_both_off_without_a_table() {
+        let text = r#"
+            [services.a]
+            [services.a.health]
+            [services.a.outlier]
+            base_ejection = "10m"
+            [services.b]
+        "#;
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let a = config.service("a").unwrap();
+        let health = a.health.as_ref().unwrap();
+        assert_eq!(
+            (health.interval, health.timeout),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
+        assert_eq!(
+            (
+                health.healthy_threshold.get(),
+                health.unhealthy_threshold.get()
+            ),
+            (2, 3)
+        );
+        assert_eq!((health.send.clone(), health.expect.clone()), (None, None));
+        // The cap is never shorter than the base.
+        let outlier = a.outlier.as_ref().unwrap();
+        assert_eq!(outlier.max_ejection, Duration::from_secs(600));
+        assert_eq!(outlier.consecutive_failures.get(), 5);
+        let b = config.service("b").unwrap();
+        assert_eq!((b.health.clone(), b.outlier.clone()), (None, None));
+        assert_eq!(
+            (b.panic_threshold, b.max_connections_per_endpoint),
+            (0, None)
+        );
+    }
+
+    #[test]
+    fn it_should_report_a_timeout_of_the_interval_or_more_once() {
+        let found = problems(
+            "[services.s]\n[services.s.health]\ninterval = \"1s\"\ntimeout = \"1500ms\"\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("services.s.health.timeout = \"1500ms\""));
     }
 }

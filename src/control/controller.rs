@@ -419,7 +419,7 @@ impl Controller {
                 endpoints.push(json!({
                     "service": name, "addr": addr.to_string(), "weight": member.weight,
                     "source": member.source.name(),
-                    "state": if member.draining { "draining" } else { "up" },
+                    "state": member.state().label(),
                     "active": member.endpoint.active(), "ttl_remaining_ms": ttl,
                 }));
             }

@@ -15,5 +15,8 @@ pub(crate) use controller::Controller;
 pub use controller::{Command, ControlHandle, ReloadStats};
 pub use registrations::{EndpointKey, Registration, Registrations};
 pub use registry::{RegistryError, RegistryServer};
-pub use snapshot::{ActiveGuard, Endpoint, Listener, Member, Service, Snapshot, Source, Table};
+pub use snapshot::{
+    ActiveGuard, Choice, ClientCount, ClientGuard, Endpoint, EndpointState, Listener, Member,
+    Outlier, Service, Snapshot, Source, Table,
+};
 pub use watch::{ConfigWatcher, WatchError};

@@ -36,6 +36,8 @@ pub enum Ending {
     Reset,
     /// Closed by a graceful shutdown that ran out of time.
     DrainedAtShutdown,
+    /// Closed at once: the listener was at `max_connections`.
+    Rejected,
 }
 
 impl Ending {
@@ -49,6 +51,7 @@ impl Ending {
             Ending::NoEndpoint => "no_endpoint",
             Ending::Reset => "reset",
             Ending::DrainedAtShutdown => "drained_at_shutdown",
+            Ending::Rejected => "rejected",
         }
     }
 }

@@ -8,6 +8,7 @@
 use super::access_log::AccessLog;
 use super::exposition::{self, Sources};
 use crate::control::{ReloadStats, Snapshot};
+use crate::health::monotonic_ms;
 use crate::runtime::ProxyControl;
 use serde_json::{Value, json};
 use std::io::{self, Read, Write};
@@ -164,6 +165,7 @@ fn route(stream: &mut TcpStream, state: &AdminState, method: &str, path: &str) -
 
 /// The routing table in use, as `/config` shows it.
 fn config_json(table: &Snapshot, bound: &[(String, SocketAddr)]) -> Value {
+    let now = monotonic_ms();
     let listeners: Vec<Value> = table
         .listeners
         .iter()
@@ -175,6 +177,7 @@ fn config_json(table: &Snapshot, bound: &[(String, SocketAddr)]) -> Value {
             json!({
                 "name": l.config.name, "listen": l.config.listen.to_string(),
                 "bound": addr, "service": l.config.service,
+                "max_connections": l.config.max_connections, "open": l.clients.open(),
             })
         })
         .collect();
@@ -186,18 +189,47 @@ fn config_json(table: &Snapshot, bound: &[(String, SocketAddr)]) -> Value {
                 .members
                 .iter()
                 .map(|m| {
+                    let health = &m.endpoint.health;
                     json!({
                         "addr": m.endpoint.addr.to_string(), "weight": m.weight,
-                        "source": m.source.name(),
-                        "state": if m.draining { "draining" } else { "up" },
+                        "source": m.source.name(), "state": m.state().label(),
                         "active": m.endpoint.active(),
+                        "health": {
+                            "checks": if s.health.is_some() { health.verdict().label() } else { "off" },
+                            "last_failure": health.last_failure().as_deref(),
+                            "ejected_remaining_ms": health
+                                .ejected_for(now)
+                                .map(|d| d.as_millis() as u64),
+                        },
                     })
                 })
                 .collect();
+            let health = s.health.as_ref().map(|h| {
+                let text = |b: &Option<Vec<u8>>| {
+                    b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+                };
+                json!({
+                    "interval_ms": h.interval.as_millis() as u64,
+                    "timeout_ms": h.timeout.as_millis() as u64,
+                    "healthy_threshold": h.healthy_threshold.get(),
+                    "unhealthy_threshold": h.unhealthy_threshold.get(),
+                    "send": text(&h.send), "expect": text(&h.expect),
+                })
+            });
+            let outlier = s.outlier.as_ref().map(|o| {
+                json!({
+                    "consecutive_failures": o.consecutive_failures.get(),
+                    "base_ejection_ms": o.base_ejection.as_millis() as u64,
+                    "max_ejection_ms": o.max_ejection.as_millis() as u64,
+                    "max_ejection_percent": o.max_ejection_percent,
+                })
+            });
             json!({
                 "name": s.name, "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
                 "idle_timeout_ms": s.idle_timeout.as_millis() as u64,
-                "connect_attempts": s.connect_attempts, "endpoints": endpoints,
+                "connect_attempts": s.connect_attempts, "panic_threshold": s.panic_threshold,
+                "max_connections_per_endpoint": s.max_connections_per_endpoint,
+                "health": health, "outlier": outlier, "endpoints": endpoints,
             })
         })
         .collect();

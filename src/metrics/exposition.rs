@@ -13,7 +13,7 @@ use super::counters::{CONNECT_BUCKETS, DURATION_BUCKETS, Histogram, PerWorker};
 use super::names::*;
 use super::process::ProcessStats;
 use super::stats::FailureReason;
-use crate::control::{ReloadStats, Snapshot};
+use crate::control::{EndpointState, ReloadStats, Snapshot};
 use std::fmt::Write;
 
 /// Writes one metric family at a time.
@@ -154,6 +154,19 @@ fn listeners(w: &mut Writer, snapshot: &Snapshot) {
         );
     }
     w.family(
+        CONNECTIONS_REJECTED_TOTAL,
+        "counter",
+        "Client connections closed at once, by reason (max_connections).",
+    );
+    for l in &snapshot.listeners {
+        let rejected = l.stats.sum(|s| s.rejected.get());
+        w.sample(
+            CONNECTIONS_REJECTED_TOTAL,
+            &[("listener", &l.config.name), ("reason", "max_connections")],
+            rejected,
+        );
+    }
+    w.family(
         CONNECTION_DURATION_SECONDS,
         "histogram",
         "How long client connections lasted, from accept to close.",
@@ -217,19 +230,38 @@ fn endpoints(w: &mut Writer, snapshot: &Snapshot) {
         }
     }
     w.family(
+        ENDPOINT_HEALTHY,
+        "gauge",
+        "1 if health lets the balancer use the endpoint (checks up or off, not ejected), else 0.",
+    );
+    for (service, addr, m) in each() {
+        let labels = [("service", service), ("endpoint", addr.as_str())];
+        w.sample(
+            ENDPOINT_HEALTHY,
+            &labels,
+            u8::from(m.endpoint.health.is_usable()),
+        );
+    }
+    w.family(
+        OUTLIER_EJECTIONS_TOTAL,
+        "counter",
+        "Times outlier detection ejected the endpoint.",
+    );
+    for (service, addr, m) in each() {
+        let total = m.endpoint.stats.sum(|s| s.ejections.get());
+        let labels = [("service", service), ("endpoint", addr.as_str())];
+        w.sample(OUTLIER_EJECTIONS_TOTAL, &labels, total);
+    }
+    w.family(
         ENDPOINTS,
         "gauge",
-        "Endpoints per service and state (up, draining).",
+        "Endpoints per service and state (up, down, ejected, draining).",
     );
     for (name, s) in &snapshot.services {
-        let draining = s.members.iter().filter(|m| m.draining).count();
-        let up = s.members.len() - draining;
-        w.sample(ENDPOINTS, &[("service", name), ("state", "up")], up);
-        w.sample(
-            ENDPOINTS,
-            &[("service", name), ("state", "draining")],
-            draining,
-        );
+        for state in EndpointState::ALL {
+            let n = s.members.iter().filter(|m| m.state() == state).count();
+            w.sample(ENDPOINTS, &[("service", name), ("state", state.label())], n);
+        }
     }
 }
 
@@ -257,6 +289,15 @@ fn services(w: &mut Writer, snapshot: &Snapshot) {
     for (name, s) in &snapshot.services {
         let total = s.stats.sum(|slot| slot.no_endpoint.get());
         w.sample(NO_ENDPOINT_TOTAL, &[("service", name)], total);
+    }
+    w.family(
+        PANIC_TOTAL,
+        "counter",
+        "Connections balanced in panic mode, ignoring health.",
+    );
+    for (name, s) in &snapshot.services {
+        let total = s.stats.sum(|slot| slot.panic.get());
+        w.sample(PANIC_TOTAL, &[("service", name)], total);
     }
 }
 

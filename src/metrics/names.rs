@@ -26,6 +26,14 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "l4mesh_config_last_reload_success_
 pub const CONFIG_GENERATION: &str = "l4mesh_config_generation";
 /// Endpoints per service and state.
 pub const ENDPOINTS: &str = "l4mesh_endpoints";
+/// 1 if health lets the balancer use an endpoint, else 0.
+pub const ENDPOINT_HEALTHY: &str = "l4mesh_endpoint_healthy";
+/// Client connections closed at once, per listener and reason.
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "l4mesh_connections_rejected_total";
+/// Outlier ejections, per endpoint.
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "l4mesh_outlier_ejections_total";
+/// Connections balanced in panic mode, per service.
+pub const PANIC_TOTAL: &str = "l4mesh_panic_total";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "l4mesh_access_log_dropped_total";
 /// CPU time used.

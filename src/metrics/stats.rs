@@ -43,6 +43,8 @@ pub struct ListenerSlot {
     pub rx_bytes: Counter,
     /// Bytes written to clients.
     pub tx_bytes: Counter,
+    /// Clients closed at once because the listener was at `max_connections`.
+    pub rejected: Counter,
     /// How long connections lasted, from accept to close.
     pub duration: Histogram<{ DURATION_BUCKETS.len() }>,
 }
@@ -52,6 +54,8 @@ pub struct ListenerSlot {
 pub struct ServiceSlot {
     /// Clients closed because no endpoint was usable.
     pub no_endpoint: Counter,
+    /// Connections balanced in panic mode (health ignored).
+    pub panic: Counter,
     /// How long successful connects took.
     pub connect_duration: Histogram<{ CONNECT_BUCKETS.len() }>,
 }
@@ -63,6 +67,8 @@ pub struct EndpointSlot {
     pub connections: Counter,
     /// Failed connect attempts, by [`FailureReason`].
     pub failures: [Counter; 3],
+    /// Times outlier detection ejected it.
+    pub ejections: Counter,
 }
 
 /// A listener's statistics.

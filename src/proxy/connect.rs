@@ -1,5 +1,7 @@
 //! Connecting upstream: one attempt with a timeout, and failover across
-//! distinct endpoints of a service up to `connect_attempts`.
+//! distinct endpoints of a service up to `connect_attempts`. Every attempt
+//! feeds the service's outlier detection: a success ends the endpoint's
+//! failure streak, a failure lengthens it and may eject the endpoint.
 //!
 //! The connect itself runs on the runtime's readiness driver (tokio's
 //! `TcpSocket`) rather than as an io_uring op: dropping a timed-out io_uring
@@ -8,7 +10,8 @@
 //! aborts the handshake at once. The splice path keeps the socket there; the
 //! copy path hands it to tokio-uring ([`into_uring`]).
 
-use crate::control::{ActiveGuard, Service};
+use crate::control::{ActiveGuard, Endpoint, Outlier, Service};
+use crate::health::monotonic_ms;
 use crate::metrics::{CONNECT_BUCKETS, FailureReason};
 use std::fmt;
 use std::io;
@@ -77,6 +80,8 @@ pub struct Connected {
     pub index: usize,
     /// Connect attempts it took, this one included.
     pub attempts: u32,
+    /// Balanced in panic mode (health ignored).
+    pub panic: bool,
     /// Counts it as active on the endpoint while alive.
     _active: ActiveGuard,
 }
@@ -108,52 +113,123 @@ pub fn into_uring(stream: TcpStream) -> io::Result<tokio_uring::net::TcpStream> 
     Ok(tokio_uring::net::TcpStream::from_std(stream))
 }
 
+/// Every connect attempt failed, or there was nothing to try.
+#[derive(Debug)]
+pub struct Failed {
+    /// Each attempt, in order (empty when no endpoint was usable).
+    pub attempts: Vec<Attempt>,
+    /// Balanced in panic mode (health ignored).
+    pub panic: bool,
+}
+
 /// Connects `client` to an endpoint of `service`, trying distinct endpoints
 /// until one answers or `connect_attempts` have failed. Returns the
 /// connection (which counts as active on its endpoint while alive), or every
 /// failed attempt. The count starts at the pick, so load-aware policies see
-/// connections that are still connecting.
+/// connections that are still connecting; an endpoint that fills up
+/// (`max_connections_per_endpoint`) between the pick and the count is passed
+/// over without counting as an attempt.
 ///
 /// Each attempt is counted in worker `worker`'s slots: a success in the
 /// endpoint's connections and the service's connect-time histogram, a
-/// failure in the endpoint's failures by reason.
+/// failure in the endpoint's failures by reason (and ejections). A failure
+/// for want of descriptors says nothing about the endpoint and is not fed to
+/// outlier detection.
 pub async fn establish(
     service: &Service,
     client: SocketAddr,
     worker: usize,
-) -> Result<Connected, Vec<Attempt>> {
+) -> Result<Connected, Failed> {
     let mut tried: Vec<usize> = Vec::new();
     let mut failed = Vec::new();
-    for _ in 0..service.connect_attempts {
-        let Some(index) = service.pick(client.ip(), !tried.is_empty(), &|i| tried.contains(&i))
-        else {
+    let mut panic = false;
+    // Bounded: each pass tries a new member, and there are only so many.
+    for _ in 0..service.members.len() {
+        if failed.len() >= service.connect_attempts as usize {
+            break;
+        }
+        let retry = !failed.is_empty();
+        let Some(choice) = service.choose(client.ip(), retry, &|i| tried.contains(&i)) else {
             break;
         };
-        tried.push(index);
-        let endpoint = &service.members[index].endpoint;
-        let active = endpoint.acquire();
+        tried.push(choice.index);
+        let endpoint = &service.members[choice.index].endpoint;
+        let Some(active) = endpoint.try_acquire(service.max_connections_per_endpoint) else {
+            continue;
+        };
+        panic |= choice.panic;
         let addr = endpoint.addr;
         let started = Instant::now();
         let counts = endpoint.stats.slot(worker);
         match connect(addr, service.connect_timeout).await {
             Ok(stream) => {
                 counts.connections.add(1);
+                service.connect_succeeded(choice.index);
                 let took = started.elapsed().as_secs_f64();
                 let histogram = &service.stats.slot(worker).connect_duration;
                 histogram.observe(&CONNECT_BUCKETS, took);
                 return Ok(Connected {
                     stream,
-                    index,
+                    index: choice.index,
                     attempts: failed.len() as u32 + 1,
+                    panic,
                     _active: active,
                 });
             }
             Err(error) => {
                 counts.failures[error.reason() as usize].add(1);
                 log::debug!("connect to {addr} failed: {error}; trying another endpoint");
+                if !error.is_resource_exhaustion() {
+                    let outlier = service.connect_failed(choice.index, monotonic_ms());
+                    report(service, endpoint, &error, outlier, worker);
+                }
                 failed.push(Attempt { addr, error });
             }
         }
     }
-    Err(failed)
+    Err(Failed {
+        attempts: failed,
+        panic,
+    })
+}
+
+/// Counts and logs what outlier detection made of one failure.
+fn report(
+    service: &Service,
+    endpoint: &Endpoint,
+    error: &ConnectError,
+    outlier: Option<Outlier>,
+    worker: usize,
+) {
+    let Some(consecutive) = service.outlier.as_ref().map(|o| o.consecutive_failures) else {
+        return;
+    };
+    let addr = endpoint.addr;
+    match outlier {
+        None => {}
+        Some(Outlier::Ejected(ejection)) => {
+            endpoint.stats.slot(worker).ejections.add(1);
+            log::warn!(
+                "outlier: service {} endpoint {addr} ejected for {:?} after {consecutive} connect \
+                 failure(s) in a row (last: {error}; ejection {} in a row)",
+                service.name,
+                ejection.duration,
+                ejection.multiplier
+            );
+        }
+        Some(Outlier::CannotSpare { ejected, total }) => {
+            if let Some(held_back) = service.shared.spare_log.allow() {
+                log::warn!(
+                    "outlier: service {} endpoint {addr} failed {consecutive} connect(s) in a \
+                     row but stays in: {ejected} of {total} endpoint(s) are ejected already \
+                     (max_ejection_percent {}%; {held_back} similar since the last line)",
+                    service.name,
+                    service
+                        .outlier
+                        .as_ref()
+                        .map_or(0, |o| o.max_ejection_percent)
+                );
+            }
+        }
+    }
 }

@@ -2,12 +2,12 @@
 //! upstream with failover, forward, and log the result.
 
 use super::buffers::BufferPool;
-use super::connect::{self, Attempt};
+use super::connect::{self, Attempt, Failed};
 use super::forward::{self, End, Meters};
 use super::splice::{self, PipePool};
-use crate::control::Table;
-use crate::metrics::DURATION_BUCKETS;
+use crate::control::{EndpointState, Service, Table};
 use crate::metrics::access_log::{AccessLog, Ending, Record};
+use crate::metrics::{DURATION_BUCKETS, ListenerSlot};
 use crate::runtime::RESOURCE_ERRORS;
 use std::cell::Cell;
 use std::fmt;
@@ -170,8 +170,25 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
         attempts: 0,
         end: Ending::NoEndpoint,
     };
+    let Some(_admitted) = route.clients.try_admit(route.config.max_connections) else {
+        counts.rejected.add(1);
+        record.end = Ending::Rejected;
+        log::debug!("conn {id} from {peer} on {listener}: at max_connections; closing the client");
+        if let Some(held_back) = route.clients.reject_log.allow() {
+            log::warn!(
+                "listener {listener}: {} client(s) open, its max_connections; closing new clients \
+                 at once ({held_back} more since the last line)",
+                route.clients.open()
+            );
+        }
+        finish(record, started, counts, &worker);
+        return;
+    };
     match connect::establish(service, peer, worker.index).await {
         Ok(connected) => {
+            if connected.panic {
+                service.stats.slot(worker.index).panic.add(1);
+            }
             let endpoint = service.members[connected.index].endpoint.addr;
             log::debug!("conn {id} from {peer} on {listener}: connected to {endpoint}");
             let meters = Meters {
@@ -202,32 +219,79 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
                 outcome.tx
             );
         }
-        Err(attempts) if attempts.is_empty() => {
+        Err(failed) if failed.attempts.is_empty() => {
             service.stats.slot(worker.index).no_endpoint.add(1);
             log::warn!(
-                "conn {id} from {peer} on {listener}: service {} has no usable endpoint; closing \
-                 the client (add endpoints to the config file or register them)",
-                service.name
+                "conn {id} from {peer} on {listener}: service {} has no usable endpoint ({}); \
+                 closing the client",
+                service.name,
+                unusable(service)
             );
         }
-        Err(attempts) => {
+        Err(Failed { attempts, panic }) => {
+            if panic {
+                service.stats.slot(worker.index).panic.add(1);
+            }
             record.attempts = attempts.len() as u32;
             record.end = Ending::ConnectFailed;
             // Out of descriptors, every client fails the same way: one line a
             // second says so instead of one per client.
             let exhausted = attempts.iter().any(|a| a.error.is_resource_exhaustion());
             if !exhausted || RESOURCE_ERRORS.allow().is_some() {
-                let list: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
                 log::warn!(
-                    "conn {id} from {peer} on {listener}: no endpoint of service {} answered \
+                    "conn {id} from {peer} on {listener}: no endpoint of service {} answered{} \
                      after {} attempt(s): {}; closing the client",
                     service.name,
+                    if panic { " in panic mode" } else { "" },
                     attempts.len(),
-                    list.join("; ")
+                    attempt_list(&attempts)
                 );
             }
         }
     }
+    finish(record, started, counts, &worker);
+}
+
+fn attempt_list(attempts: &[Attempt]) -> String {
+    let list: Vec<String> = attempts.iter().map(Attempt::to_string).collect();
+    list.join("; ")
+}
+
+/// Why nothing of `service` could be picked, for the warn line: each
+/// unusable state and how many members are in it.
+fn unusable(service: &Service) -> String {
+    if service.members.is_empty() {
+        return "it has no endpoints: add some to the config file or register them".to_string();
+    }
+    let mut counts: Vec<(usize, &str)> = EndpointState::ALL
+        .iter()
+        .filter(|s| **s != EndpointState::Up)
+        .map(|s| {
+            let n = service.members.iter().filter(|m| m.state() == *s).count();
+            (n, s.label())
+        })
+        .collect();
+    let full = service.members.iter().filter(|m| {
+        m.state() == EndpointState::Up
+            && service
+                .max_connections_per_endpoint
+                .is_some_and(|max| m.endpoint.active() >= max)
+    });
+    counts.push((full.count(), "at max_connections_per_endpoint"));
+    let parts: Vec<String> = counts
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    format!(
+        "{} endpoint(s): {}",
+        service.members.len(),
+        parts.join(", ")
+    )
+}
+
+/// Counts a closed connection and hands its record to the access log.
+fn finish(mut record: Record, started: Instant, counts: &ListenerSlot, worker: &WorkerState) {
     record.duration = started.elapsed();
     counts
         .duration

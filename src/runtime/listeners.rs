@@ -88,11 +88,18 @@ impl Listeners {
     }
 
     /// Binds every listener of `wanted` that is new or whose address
-    /// changed, once per worker; nothing changes for the workers yet.
+    /// changed, once per worker; nothing changes for the workers yet. Other
+    /// settings (its service, `max_connections`) are read from the routing
+    /// table per connection, so changing them keeps the socket (and a port
+    /// the kernel chose).
     pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, StartError> {
         let mut plan = ListenerPlan::default();
         for listener in wanted {
-            if self.current.get(&listener.name) == Some(listener) {
+            if self
+                .current
+                .get(&listener.name)
+                .is_some_and(|current| current.listen == listener.listen)
+            {
                 continue;
             }
             let bind_error = |source| StartError::Bind {

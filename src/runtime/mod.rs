@@ -11,6 +11,7 @@ pub use log_limit::{LogLimit, RESOURCE_ERRORS};
 
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Registrations, Snapshot, Table};
+use crate::health::Checker;
 use crate::metrics::access_log::AccessLog;
 use arc_swap::ArcSwap;
 use listeners::BoundAddrs;
@@ -37,6 +38,9 @@ pub enum StartError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The health-check thread could not be started.
+    #[error("cannot start the health-check thread: {0}")]
+    Health(io::Error),
     /// A worker thread or its io_uring could not be created.
     #[error("worker {index}: cannot start: {source} (is io_uring allowed here?)")]
     Worker {
@@ -130,6 +134,7 @@ fn pipe_budget(workers: usize) -> usize {
 pub struct Proxy {
     control: Arc<ProxyControl>,
     workers: Vec<JoinHandle<()>>,
+    health: Checker,
 }
 
 impl Proxy {
@@ -179,6 +184,14 @@ impl Proxy {
                 return Err(StartError::Worker { index, source });
             }
         }
+        let health = match Checker::start(Arc::clone(&table), stop_rx) {
+            Ok(health) => health,
+            Err(e) => {
+                stop.stop();
+                handles.into_iter().for_each(|h| drop(h.join()));
+                return Err(StartError::Health(e));
+            }
+        };
         let bound = listeners.bound();
         Ok(Proxy {
             control: Arc::new(ProxyControl {
@@ -188,6 +201,7 @@ impl Proxy {
                 bound,
             }),
             workers: handles,
+            health,
         })
     }
 
@@ -217,12 +231,14 @@ impl Proxy {
         self.control.stop_handle()
     }
 
-    /// Waits until every worker has stopped and drained.
+    /// Waits until every worker has stopped and drained, and the health
+    /// thread has stopped.
     pub fn wait(self) {
         for handle in self.workers {
             if handle.join().is_err() {
                 log::error!("a worker thread panicked");
             }
         }
+        self.health.wait();
     }
 }

@@ -3,10 +3,12 @@
 #![allow(dead_code)] // each test file uses part of the harness
 
 use l4mesh::{Config, Proxy};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -356,4 +358,124 @@ pub fn registry_raw(socket: &Path, request: &[u8]) -> serde_json::Value {
 /// Sends one registry request line and returns the parsed reply.
 pub fn registry(socket: &Path, request: &str) -> serde_json::Value {
     registry_raw(socket, format!("{request}\n").as_bytes())
+}
+
+/// `METHOD path` against an admin listener: (status, body).
+pub fn get(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// Every sample of /metrics, by `name{labels}` as written.
+pub fn samples(admin: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = get(admin, "GET", "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').unwrap();
+            (key.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A backend on one loopback port that can be stopped (the port then
+/// refuses connections) and started again on the same port.
+pub struct Switchable {
+    /// Its address, the same across restarts.
+    pub addr: SocketAddr,
+    handle: Arc<dyn Fn(TcpStream) + Send + Sync>,
+    running: Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>,
+}
+
+impl Switchable {
+    /// Starts a backend on a fresh port that runs `handle` for every
+    /// connection, each on its own thread.
+    pub fn start(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> Switchable {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut backend = Switchable {
+            addr: listener.local_addr().unwrap(),
+            handle: Arc::new(handle),
+            running: None,
+        };
+        backend.serve(listener);
+        backend
+    }
+
+    /// A switchable backend that sends one tag byte on connect, then echoes.
+    pub fn tagged(tag: u8) -> Switchable {
+        Switchable::start(move |mut stream| {
+            if stream.write_all(&[tag]).is_err() {
+                return;
+            }
+            let mut reader = stream.try_clone().unwrap();
+            let _ = std::io::copy(&mut reader, &mut stream);
+        })
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, handle) = (Arc::clone(&stop), Arc::clone(&self.handle));
+        let thread = thread::spawn(move || {
+            // Polls so that a stop closes the socket promptly; ends with it.
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let handle = Arc::clone(&handle);
+                        thread::spawn(move || handle(stream));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        self.running = Some((stop, thread));
+    }
+
+    /// Stops accepting and closes the listening socket: from now on
+    /// connections are refused. Open connections go on.
+    pub fn stop(&mut self) {
+        if let Some((stop, thread)) = self.running.take() {
+            stop.store(true, Ordering::Relaxed);
+            thread.join().unwrap();
+        }
+    }
+
+    /// Listens on the same port again.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut bound = None;
+        eventually(
+            Duration::from_secs(5),
+            &format!("{} bound again", self.addr),
+            || {
+                bound = TcpListener::bind(self.addr).ok();
+                bound.is_some()
+            },
+        );
+        self.serve(bound.unwrap());
+    }
+}
+
+impl Drop for Switchable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The state (`up`, `down`, `ejected`, `draining`) of the endpoint at `addr`
+/// of `service` in the current table.
+pub fn member_state(table: &l4mesh::control::Table, service: &str, addr: SocketAddr) -> String {
+    let snapshot = table.load();
+    let member = snapshot.services[service].member(addr).unwrap();
+    member.state().label().to_string()
 }

@@ -1,0 +1,229 @@
+//! The `l4mesh-health` thread: one small current-thread tokio runtime, off
+//! the workers, that runs every active probe and ends ejections when due.
+//!
+//! Every 50 ms it loads the routing table; when the generation changed, it
+//! starts a probe task for each endpoint of a service with
+//! `[services.NAME.health]` that has none, and stops the tasks of endpoints
+//! that left (or whose service's check settings changed, which restarts
+//! them). A task probes its endpoint first after a random share of the
+//! interval (at once for an endpoint waiting for its first check), then
+//! every interval ±10%. Verdict changes are written into the endpoint's
+//! [`EndpointHealth`](super::EndpointHealth), which workers read when they
+//! pick, and logged: `warn` when an endpoint goes down, `info` when it comes
+//! up. One thread and async probes: a thousand endpoints probed every
+//! second cost a thousand short connects, never a thousand threads, and a
+//! silent endpoint holds nothing but its own task until its timeout.
+
+use super::probe::probe;
+use super::threshold::{Tally, Thresholds, Verdict};
+use super::{monotonic_ms, schedule};
+use crate::config::HealthConfig;
+use crate::control::{Endpoint, Snapshot, Table};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle as TaskHandle;
+use tokio::time::Instant;
+
+/// How often the thread looks for table changes and due re-admissions.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The running health thread.
+#[derive(Debug)]
+pub struct Checker {
+    thread: JoinHandle<()>,
+}
+
+impl Checker {
+    /// Starts the thread; it runs until `stop` turns true (or its sender is
+    /// dropped). Fails if the runtime or the thread cannot be created.
+    pub fn start(table: Table, stop: watch::Receiver<bool>) -> io::Result<Checker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("l4mesh-health".into())
+            .spawn(move || runtime.block_on(supervise(table, stop)))?;
+        Ok(Checker { thread })
+    }
+
+    /// Waits for the thread to stop.
+    pub fn wait(self) {
+        if self.thread.join().is_err() {
+            log::error!("the health thread panicked");
+        }
+    }
+}
+
+/// One endpoint's probe task and what it was started with.
+struct Running {
+    endpoint: Arc<Endpoint>,
+    config: HealthConfig,
+    task: TaskHandle<()>,
+}
+
+type Key = (String, SocketAddr);
+
+async fn supervise(table: Table, mut stop: watch::Receiver<bool>) {
+    let mut running: HashMap<Key, Running> = HashMap::new();
+    let mut seen = 0;
+    loop {
+        let snapshot = table.load_full();
+        if snapshot.generation != seen {
+            seen = snapshot.generation;
+            reconcile(&snapshot, &mut running);
+        }
+        readmit(&snapshot, monotonic_ms());
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        }
+    }
+    for r in running.values() {
+        r.task.abort();
+    }
+}
+
+/// Starts, keeps or stops probe tasks to match `snapshot`.
+fn reconcile(snapshot: &Snapshot, running: &mut HashMap<Key, Running>) {
+    let mut wanted: HashSet<Key> = HashSet::new();
+    for (name, service) in &snapshot.services {
+        for member in &service.members {
+            let endpoint = &member.endpoint;
+            let Some(config) = &service.health else {
+                if endpoint.health.verdict() != Verdict::Up {
+                    endpoint.health.set_verdict(Verdict::Up);
+                    endpoint.health.set_last_failure(None);
+                    log::info!(
+                        "health: service {name} endpoint {}: health checks are off; it counts \
+                         as up",
+                        endpoint.addr
+                    );
+                }
+                continue;
+            };
+            let key = (name.clone(), endpoint.addr);
+            wanted.insert(key.clone());
+            if let Some(r) = running.get(&key)
+                && Arc::ptr_eq(&r.endpoint, endpoint)
+                && r.config == *config
+            {
+                continue;
+            }
+            let first = if endpoint.health.verdict() == Verdict::Pending {
+                Duration::ZERO
+            } else {
+                schedule::first_probe(config.interval, fastrand::f64())
+            };
+            let task = tokio::spawn(probe_loop(
+                name.clone(),
+                Arc::clone(endpoint),
+                config.clone(),
+                first,
+            ));
+            let started = Running {
+                endpoint: Arc::clone(endpoint),
+                config: config.clone(),
+                task,
+            };
+            if let Some(old) = running.insert(key, started) {
+                old.task.abort();
+            }
+        }
+    }
+    running.retain(|key, r| {
+        let keep = wanted.contains(key);
+        if !keep {
+            r.task.abort();
+        }
+        keep
+    });
+}
+
+/// Probes one endpoint forever (until its task is aborted).
+async fn probe_loop(
+    service: String,
+    endpoint: Arc<Endpoint>,
+    config: HealthConfig,
+    first: Duration,
+) {
+    let thresholds = Thresholds {
+        healthy: config.healthy_threshold.get(),
+        unhealthy: config.unhealthy_threshold.get(),
+    };
+    let addr = endpoint.addr;
+    let mut tally = Tally::new(endpoint.health.verdict());
+    let mut next = Instant::now() + first;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let started = Instant::now();
+        let outcome = probe(addr, &config).await;
+        let why = outcome.err().map(|e| e.to_string());
+        if let Some(why) = &why {
+            log::debug!("health: service {service} endpoint {addr}: check failed: {why}");
+        }
+        let before = tally.verdict();
+        if let Some(verdict) = tally.observe(why.is_none(), thresholds) {
+            endpoint.health.set_verdict(verdict);
+            log_transition(&service, addr, before, verdict, thresholds, why.as_deref());
+        }
+        endpoint.health.set_last_failure(why);
+        next = started + schedule::next_probe(config.interval, fastrand::f64());
+    }
+}
+
+fn log_transition(
+    service: &str,
+    addr: SocketAddr,
+    before: Verdict,
+    after: Verdict,
+    thresholds: Thresholds,
+    why: Option<&str>,
+) {
+    let why = why.unwrap_or("-");
+    match (before, after) {
+        (Verdict::Pending, Verdict::Down) => log::warn!(
+            "health: service {service} endpoint {addr} failed its first check: {why}; it gets no \
+             connections until {} check(s) in a row pass",
+            thresholds.healthy
+        ),
+        (_, Verdict::Down) => log::warn!(
+            "health: service {service} endpoint {addr} is down after {} failed check(s) in a row: \
+             {why}; no new connections go to it",
+            thresholds.unhealthy
+        ),
+        (Verdict::Pending, _) => log::info!(
+            "health: service {service} endpoint {addr} passed its first check; it now gets \
+             connections"
+        ),
+        _ => log::info!(
+            "health: service {service} endpoint {addr} is up after {} passed check(s) in a row",
+            thresholds.healthy
+        ),
+    }
+}
+
+/// Ends the ejections that are due (all of them in a service whose outlier
+/// detection was turned off).
+fn readmit(snapshot: &Snapshot, now_ms: u64) {
+    for (name, service) in &snapshot.services {
+        let off = service.outlier.is_none();
+        for member in &service.members {
+            if member.endpoint.health.readmit(now_ms, off) {
+                let why = if off {
+                    "outlier detection is off"
+                } else {
+                    "its ejection is over"
+                };
+                log::info!(
+                    "outlier: service {name} endpoint {} re-admitted: {why}",
+                    member.endpoint.addr
+                );
+            }
+        }
+    }
+}

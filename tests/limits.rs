@@ -1,0 +1,170 @@
+//! Connection limits over real sockets: a listener's `max_connections`
+//! (process-wide across workers; clients over it are closed at once, counted
+//! and logged, and accepting goes on) and `max_connections_per_endpoint` (a
+//! full endpoint is skipped by the balancer), on both forwarding paths.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Connects to `addr` from `n` threads at once; each sends one byte and
+/// reads the first byte back. Returns the streams that got one (still open)
+/// with that byte, and how many were closed instead.
+fn rush(addr: SocketAddr, n: usize) -> (Vec<(TcpStream, u8)>, usize) {
+    let start = Arc::new(Barrier::new(n));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let _ = stream.write_all(b"x");
+                let mut byte = [0u8; 1];
+                match stream.read(&mut byte) {
+                    Ok(1) => Some((stream, byte[0])),
+                    _ => None,
+                }
+            })
+        })
+        .collect();
+    let results: Vec<Option<(TcpStream, u8)>> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let closed = results.iter().filter(|r| r.is_none()).count();
+    (results.into_iter().flatten().collect(), closed)
+}
+
+#[test]
+fn it_should_close_clients_over_max_connections_at_once_count_them_and_keep_accepting() {
+    // Clients come from an io_uring accept (copy) or a readiness accept
+    // (splice): both are closed the same way.
+    for mode in FORWARD_MODES {
+        closes_clients_over_max_connections(mode);
+    }
+}
+
+fn closes_clients_over_max_connections(mode: &str) {
+    let dir = TempDir::new();
+    let log = dir.join("access.log");
+    let text = format!(
+        "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [access_log]\npath = \"{}\"\nformat = \"json\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\nmax_connections = 3\n\
+         [services.web]\n{}\n",
+        log.display(),
+        endpoint_list(&[echo_backend()])
+    );
+    let served = Served::start(&with_forward(&text, mode));
+    let (web, admin) = (served.addr("web"), served.server.admin_addr().unwrap());
+
+    // Ten clients at once, spread over both workers: three get through.
+    let (mut held, closed) = rush(web, 10);
+    assert_eq!((held.len(), closed), (3, 7));
+    // One more is accepted and closed at once, not left waiting.
+    let mut extra = TcpStream::connect(web).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(extra.read(&mut [0u8; 1]).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let m = samples(admin);
+    assert_eq!(
+        m["l4mesh_connections_rejected_total{listener=\"web\",reason=\"max_connections\"}"],
+        8.0
+    );
+
+    // Accepting goes on: when a client leaves, a new one is served.
+    drop(held.pop());
+    eventually(Duration::from_secs(5), "a new client served", || {
+        rush(web, 1).0.len() == 1
+    });
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually(Duration::from_secs(5), "eight rejected lines", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|l: &serde_json::Value| l["end"] == "rejected")
+            .collect();
+        lines.len() >= 8
+    });
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["attempts"] == 0 && l["endpoint"].is_null())
+    );
+}
+
+#[test]
+fn it_should_keep_the_listener_count_across_a_reload_that_adds_the_limit() {
+    let echo = echo_backend();
+    let text = |limit: &str| {
+        format!(
+            "[runtime]\nworkers = 2\n[listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n\
+             {limit}\n[services.web]\n{}\n",
+            endpoint_list(&[echo])
+        )
+    };
+    let served = Served::start(&text(""));
+    let web = served.addr("web");
+    let (held, _) = rush(web, 2);
+    assert_eq!(held.len(), 2);
+    served.write(&text("max_connections = 2"));
+    served.wait_for_reloads(1);
+    // Same socket (a limit is no reason to rebind), and the two open
+    // clients count.
+    assert_eq!(served.addr("web"), web);
+    let (none, closed) = rush(web, 3);
+    assert_eq!((none.len(), closed), (0, 3));
+    drop(held);
+    eventually(Duration::from_secs(5), "room again", || {
+        rush(web, 1).0.len() == 1
+    });
+}
+
+#[test]
+fn it_should_skip_an_endpoint_at_max_connections_per_endpoint() {
+    for mode in FORWARD_MODES {
+        skips_full_endpoints(mode);
+    }
+}
+
+fn skips_full_endpoints(mode: &str) {
+    // A has ten times B's weight: without the limit nearly every client
+    // would go there.
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let text = config_text(&[(a, 10), (b, 1)], "max_connections_per_endpoint = 2");
+    let proxy = start_proxy(&with_forward(&text, mode));
+    let web = proxy.local_addr("web").unwrap();
+    // Twelve clients at once over both workers: two per endpoint.
+    let (held, closed) = rush(web, 12);
+    assert_eq!((held.len(), closed), (4, 8));
+    let mut tags: Vec<u8> = held.iter().map(|(_, tag)| *tag).collect();
+    tags.sort();
+    assert_eq!(tags, b"AABB");
+    let snapshot = proxy.table().load();
+    let active: Vec<u64> = snapshot.services["web"]
+        .members
+        .iter()
+        .map(|m| m.endpoint.active())
+        .collect();
+    assert_eq!(active, [2, 2]);
+    let no_endpoint = snapshot.services["web"].stats.sum(|s| s.no_endpoint.get());
+    assert_eq!(no_endpoint, 8);
+
+    // A slot frees on A: the next client goes there, B being full.
+    let mut held = held;
+    let on_a = held.iter().position(|(_, tag)| *tag == b'A').unwrap();
+    drop(held.remove(on_a));
+    eventually(Duration::from_secs(5), "room on A", || {
+        tag_of(web) == Some(b'A')
+    });
+}
