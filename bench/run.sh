@@ -21,7 +21,8 @@
 # missing (without letting Debian start their system services), builds
 # l4mesh and examples/pingpong, starts every backend and proxy with its own
 # config in a temp dir, runs the tests, stops everything it started (by PID),
-# and writes bench/results/latest.md and latest.json. Logs stay in the temp dir.
+# and writes bench/results/latest.md, latest.json and the chart latest.png
+# (bench/chart.sh). Logs stay in the temp dir.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -495,6 +496,10 @@ report() {
     python3 "$HELPER" report "$WORK/results.tsv" \
       "$ROOT/bench/results/latest.md" "$ROOT/bench/results/latest.json"
   log "wrote bench/results/latest.md and bench/results/latest.json"
+  if [[ $SUBJECT == l4mesh ]]; then
+    bash "$ROOT/bench/chart.sh" "$ROOT/bench/results/latest.json" "$ROOT/bench/results/latest.png" ||
+      log "warning: no chart (bench/chart.sh failed)"
+  fi
 }
 
 main() {
