@@ -11,8 +11,6 @@
 //!   64-byte message (write it, read the 64-byte echo back), and prints the
 //!   round-trip percentiles as `p50_us=.. p99_us=..` on stdout.
 
-use std::error::Error;
-use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
@@ -30,35 +28,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const USAGE: &str = "usage: pingpong server ADDR [--lifetime SECS]\n       \
                      pingpong client ADDR [--count N] [--warmup W]";
 
-/// An error whose `Debug` output is its plain message, so that `main`
-/// returning it prints `Error: <message>` without quotes.
-struct CliError(String);
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Error for CliError {}
-
-type Result<T> = std::result::Result<T, Box<dyn Error>>;
-
-/// Builds a boxed error from a message.
-fn fail(msg: impl Into<String>) -> Box<dyn Error> {
-    Box::new(CliError(msg.into()))
-}
-
-/// Adds `what` as context in front of an error.
-fn ctx<T, E: fmt::Display>(r: std::result::Result<T, E>, what: &str) -> Result<T> {
-    r.map_err(|e| fail(format!("{what}: {e}")))
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{Result, ctx, fail};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

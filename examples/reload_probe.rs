@@ -41,8 +41,6 @@
 use l4mesh::Config;
 use l4mesh::config::file::FileConfig;
 use l4mesh::control::{Registrations, Snapshot};
-use std::error::Error;
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -68,35 +66,9 @@ const RELOADED: &str = "configuration reloaded";
 /// The log line l4mesh writes for a rejected reload.
 const REJECTED: &str = "reload rejected";
 
-/// An error whose `Debug` output is its plain message, so that `main`
-/// returning it prints `Error: <message>` without quotes.
-struct CliError(String);
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Error for CliError {}
-
-type Result<T> = std::result::Result<T, Box<dyn Error>>;
-
-/// Builds a boxed error from a message.
-fn fail(msg: impl Into<String>) -> Box<dyn Error> {
-    Box::new(CliError(msg.into()))
-}
-
-/// Adds `what` as context in front of an error.
-fn ctx<T, E: fmt::Display>(r: std::result::Result<T, E>, what: &str) -> Result<T> {
-    r.map_err(|e| fail(format!("{what}: {e}")))
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{Result, ctx, fail};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
