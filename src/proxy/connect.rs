@@ -140,7 +140,7 @@ pub async fn establish(
     client: SocketAddr,
     worker: usize,
 ) -> Result<Connected, Failed> {
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     let mut failed = Vec::new();
     let mut panic = false;
     // Bounded: each pass tries a new member, and there are only so many.
@@ -149,10 +149,10 @@ pub async fn establish(
             break;
         }
         let retry = !failed.is_empty();
-        let Some(choice) = service.choose(client.ip(), retry, &|i| tried.contains(&i)) else {
+        let Some(choice) = service.choose(client.ip(), retry, &|i| tried.contains(i)) else {
             break;
         };
-        tried.push(choice.index);
+        tried.insert(choice.index);
         let endpoint = &service.members[choice.index].endpoint;
         let Some(active) = endpoint.try_acquire(service.max_connections_per_endpoint) else {
             continue;
@@ -231,5 +231,48 @@ fn report(
                 );
             }
         }
+    }
+}
+
+/// The members already tried for one client. Almost every client needs one
+/// or two attempts, so the first few live inline: no allocation per
+/// connection on the hot path; more spill to the heap.
+#[derive(Debug, Default)]
+struct Tried {
+    inline: [usize; 4],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    fn insert(&mut self, index: usize) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = index;
+            self.len += 1;
+        } else {
+            self.more.push(index);
+        }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.inline[..self.len].contains(&index) || self.more.contains(&index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_should_remember_every_member_tried_past_the_inline_ones() {
+        let mut tried = Tried::default();
+        for i in [7, 3, 9, 1, 4, 8] {
+            assert!(!tried.contains(i));
+            tried.insert(i);
+        }
+        for i in [7, 3, 9, 1, 4, 8] {
+            assert!(tried.contains(i), "{i}");
+        }
+        assert!(!tried.contains(0));
     }
 }
