@@ -16,21 +16,17 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Size of one ping (and of its echo), in bytes.
-const MSG_LEN: usize = 64;
 /// Default number of timed round trips.
 const DEFAULT_COUNT: u64 = 10_000;
 /// Default number of untimed warm-up round trips (capped at `count`).
 const DEFAULT_WARMUP: u64 = 1_000;
-/// How long the client waits for an echo before giving up.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: pingpong server ADDR [--lifetime SECS]\n       \
                      pingpong client ADDR [--count N] [--warmup W]";
 
 #[path = "support/cli.rs"]
 mod cli;
-use cli::{Result, ctx, fail};
+use cli::{MSG_LEN, Result, ctx, fail, ping_message, ping_stream};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -135,25 +131,8 @@ fn client(args: &[String]) -> Result<()> {
     }
     let warmup = opts.get("--warmup").unwrap_or(DEFAULT_WARMUP.min(count));
 
-    let mut stream = ctx(
-        TcpStream::connect(&opts.addr),
-        &format!("connect to {}", opts.addr),
-    )?;
-    ctx(stream.set_nodelay(true), "set TCP_NODELAY")?;
-    ctx(
-        stream.set_read_timeout(Some(IO_TIMEOUT)),
-        "set read timeout",
-    )?;
-    ctx(
-        stream.set_write_timeout(Some(IO_TIMEOUT)),
-        "set write timeout",
-    )?;
-
-    let mut msg = [0u8; MSG_LEN];
-    for (i, b) in msg.iter_mut().enumerate() {
-        // Printable filler, so a captured stream is easy to read.
-        *b = b'a' + (i % 26) as u8;
-    }
+    let mut stream = ping_stream(&opts.addr)?;
+    let msg = ping_message();
     let mut reply = [0u8; MSG_LEN];
     let mut samples_us = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
 

@@ -55,10 +55,6 @@ const USAGE: &str = "usage: reload_probe tag ADDR LETTER [--lifetime SECS]\n    
      reload_probe jitter ADDR --seconds S [--warmup N] [--churn CONFIG FILE_1 FILE_2 --interval-ms MS [--hup PID]]\n       \
      reload_probe cost FILE_A FILE_B [--runs N]";
 
-/// Size of one ping (and of its echo), in bytes, as `pingpong`.
-const MSG_LEN: usize = 64;
-/// Read timeout of every probe and ping socket.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Probes that must all read the new letter after a switch is seen.
 const CONFIRM_PROBES: u32 = 20;
 /// The log line l4mesh writes for an applied reload.
@@ -68,7 +64,7 @@ const REJECTED: &str = "reload rejected";
 
 #[path = "support/cli.rs"]
 mod cli;
-use cli::{Result, ctx, fail};
+use cli::{IO_TIMEOUT, MSG_LEN, Result, ctx, fail, ping_message, ping_stream};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -589,20 +585,8 @@ fn jitter(args: &[String]) -> Result<()> {
         None => None,
     };
 
-    let mut stream = ctx(TcpStream::connect(addr), &format!("connect to {addr}"))?;
-    ctx(stream.set_nodelay(true), "set TCP_NODELAY")?;
-    ctx(
-        stream.set_read_timeout(Some(IO_TIMEOUT)),
-        "set read timeout",
-    )?;
-    ctx(
-        stream.set_write_timeout(Some(IO_TIMEOUT)),
-        "set write timeout",
-    )?;
-    let mut msg = [0u8; MSG_LEN];
-    for (i, b) in msg.iter_mut().enumerate() {
-        *b = b'a' + (i % 26) as u8;
-    }
+    let mut stream = ping_stream(addr)?;
+    let msg = ping_message();
     let mut reply = [0u8; MSG_LEN];
     let mut round_trip = |i: u64| -> Result<f64> {
         let start = Instant::now();
