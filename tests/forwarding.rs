@@ -64,6 +64,43 @@ fn echo_100_megabytes(mode: &str) {
 }
 
 #[test]
+fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_when_splicing() {
+    small_round_trips("splice");
+}
+
+#[test]
+fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_when_copying() {
+    small_round_trips("copy");
+}
+
+/// Thousands of short messages, each answered before the next: every fill
+/// is short, so a readiness cleared wrongly would stall a round trip (the
+/// read timeout fails the test). Sizes vary from 1 byte to past the
+/// short-fill threshold; the last message arrives with the client's EOF.
+fn small_round_trips(mode: &str) {
+    let proxy = start_proxy(&with_forward(
+        &config_text(&[(echo_backend(), 1)], ""),
+        mode,
+    ));
+    let mut client = connect(&proxy);
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut back = vec![0; 2048];
+    for round in 0..3000usize {
+        let message: Vec<u8> = (0..1 + round % 1500).map(|i| (i + round) as u8).collect();
+        client.write_all(&message).unwrap();
+        client.read_exact(&mut back[..message.len()]).unwrap();
+        assert!(back[..message.len()] == message[..], "round {round}");
+    }
+    client.write_all(b"last").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"last");
+}
+
+#[test]
 fn it_should_pass_the_clients_eof_on_and_still_carry_the_reply() {
     // The upstream answers only after it reads EOF.
     let upstream = backend(|mut s| {

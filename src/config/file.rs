@@ -90,6 +90,9 @@ pub struct FileRuntime {
     /// Bytes per splice pipe.
     #[serde(default = "default_pipe_size")]
     pub pipe_size: i64,
+    /// `"auto"`, `"off"` or a CPU list such as `"0-3,8"`.
+    #[serde(default = "default_cpu_affinity")]
+    pub cpu_affinity: String,
 }
 
 impl Default for FileRuntime {
@@ -101,6 +104,7 @@ impl Default for FileRuntime {
             backlog: default_backlog(),
             forward: default_forward(),
             pipe_size: default_pipe_size(),
+            cpu_affinity: default_cpu_affinity(),
         }
     }
 }
@@ -209,6 +213,9 @@ fn default_backlog() -> i64 {
 }
 fn default_pipe_size() -> i64 {
     1 << 20
+}
+fn default_cpu_affinity() -> String {
+    "auto".into()
 }
 fn default_forward() -> String {
     "auto".to_string()

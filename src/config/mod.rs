@@ -1,11 +1,13 @@
 //! Configuration: the TOML file's shape ([`file`]), its validation into the
 //! runtime types below ([`validate`]), and errors that explain themselves.
 
+mod affinity;
 mod duration;
 mod error;
 pub mod file;
 mod validate;
 
+pub use affinity::{CpuAffinity, parse_cpu_affinity};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
 pub use validate::MAX_DURATION;
@@ -88,6 +90,8 @@ pub struct RuntimeConfig {
     pub forward: ForwardMode,
     /// Bytes per splice pipe.
     pub pipe_size: usize,
+    /// Which CPU each worker runs on.
+    pub cpu_affinity: CpuAffinity,
 }
 
 /// How a connection's bytes are moved.

@@ -8,8 +8,9 @@ use super::file::{
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
     ForwardMode, HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem, RegistryConfig,
-    RuntimeConfig, ServiceConfig, parse_duration,
+    RuntimeConfig, ServiceConfig, parse_cpu_affinity, parse_duration,
 };
+use rustix::thread::CpuSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -180,6 +181,17 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
             "use \"auto\" (the default), \"splice\" or \"copy\"",
         );
     }
+    let cpu_affinity = parse_cpu_affinity(&file.cpu_affinity, CpuSet::MAX_CPU)
+        .map_err(|why| {
+            problems.push(
+                "runtime.cpu_affinity",
+                quoted(&file.cpu_affinity),
+                &why,
+                "use \"auto\" (the default: one worker per CPU), \"off\", or CPU numbers \
+                 and ranges such as \"0-3,8\"",
+            )
+        })
+        .ok();
     let workers = match workers? {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -191,6 +203,7 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         backlog: backlog? as u32,
         forward: forward?,
         pipe_size: pipe_size? as usize,
+        cpu_affinity: cpu_affinity?,
     })
 }
 

@@ -19,6 +19,7 @@ use super::buffers::BufferPool;
 use super::forward::{Direction, Meters, Outcome, Pumped, Shared, drive};
 use crate::metrics::Counter;
 use crate::runtime::RESOURCE_ERRORS;
+use rustix::param::page_size;
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 use socket2::SockRef;
 use std::cell::{Cell, RefCell};
@@ -30,12 +31,15 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// One pipe: its two ends and its capacity.
+/// One pipe: its two ends, its capacity and its slot count.
 #[derive(Debug)]
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
+    /// How many buffers (one page each at most) the pipe holds: a fill of
+    /// fewer bytes than this cannot have stopped on a full pipe.
+    slots: usize,
 }
 
 impl Pipe {
@@ -50,6 +54,7 @@ impl Pipe {
             read,
             write,
             capacity,
+            slots: capacity / page_size(),
         })
     }
 }
@@ -224,12 +229,25 @@ async fn pump(
 /// `from` had nothing after all.
 async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Option<usize>> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let mut drained = 0;
     let filled = from.try_io(Interest::READABLE, || {
-        Ok(splice(from, None, &pipe.write, None, pipe.capacity, flags)?)
+        let n = splice(from, None, &pipe.write, None, pipe.capacity, flags)?;
+        if n > 0 && n < pipe.slots {
+            // Every pipe slot holds at least a byte, so a fill this short
+            // did not stop on a full pipe: it took all the socket had. Clear
+            // the readiness now (a WouldBlock does), as tokio's own
+            // `poll_read` does after a short read, instead of paying for a
+            // splice that can only say EAGAIN. Data arriving after this is
+            // a new edge; an EOF seen already stays (closed is kept).
+            drained = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     });
     let n = match filled {
         Ok(0) => return Ok(None),
         Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
         Err(e) => return Err(e),
     };

@@ -2,6 +2,7 @@
 //! thread per core, and stop them gracefully.
 
 mod accept;
+mod affinity;
 mod listeners;
 mod log_limit;
 mod worker;
@@ -153,10 +154,12 @@ impl Proxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = StopHandle(Arc::new(stop_tx));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
+        let cpus = affinity::worker_cpus(&config.runtime.cpu_affinity, workers);
         let mut handles = Vec::new();
-        for (index, changes) in receivers.into_iter().enumerate() {
+        for ((index, changes), cpu) in receivers.into_iter().enumerate().zip(cpus) {
             let plan = WorkerPlan {
                 index,
+                cpu,
                 changes,
                 table: Arc::clone(&table),
                 buffer_size: config.runtime.buffer_size,

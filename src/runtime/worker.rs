@@ -28,6 +28,8 @@ const POOLED_BUFFERS: usize = 256;
 pub struct WorkerPlan {
     /// The worker's index.
     pub index: usize,
+    /// The CPU it is pinned to, if any.
+    pub cpu: Option<usize>,
     /// Listener changes, starting with the initial listeners.
     pub changes: UnboundedReceiver<ListenerChange>,
     /// The published routing table.
@@ -51,6 +53,9 @@ pub struct WorkerPlan {
 /// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
 /// once its runtime is up, or the error that kept it from starting.
 pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
+    if let Some(cpu) = plan.cpu {
+        super::affinity::pin_current_thread(plan.index, cpu);
+    }
     let runtime = match new_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
