@@ -14,98 +14,17 @@ Subcommands:
   report TSV MD JSON        median table from the raw results; meta from env
 
 An ENTRY is "PID:STARTTIME" as printed by `ident`, so that a PID that was
-reused by an unrelated process is never signalled.
+reused by an unrelated process is never signalled. The process subcommands
+(ident, cpu, alive, stop) are bench/benchlib.py's, shared with reload_helper.py.
 """
 
 import json
 import os
 import re
-import signal
 import statistics
 import sys
-import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------- processes
-def stat_fields(pid):
-    """Fields of /proc/PID/stat after the command name (index 0 = state)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(")") + 2:].split()
-
-
-def starttime(pid):
-    f = stat_fields(pid)
-    return f[19] if f else None
-
-
-def is_running(entry):
-    """True if ENTRY's process exists, is the same process, and is no zombie."""
-    pid, start = entry.split(":")
-    f = stat_fields(pid)
-    return bool(f) and f[19] == start and f[0] not in ("Z", "X")
-
-
-def all_parents():
-    """Map pid -> ppid for every process in /proc."""
-    parents = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            f = stat_fields(name)
-            if f:
-                parents[int(name)] = int(f[1])
-    return parents
-
-
-def tree(entries):
-    """Entries of the given live roots plus all their descendants."""
-    roots = [int(e.split(":")[0]) for e in entries if is_running(e)]
-    parents = all_parents()
-    children = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(roots)
-    while todo and len(found) < 10000:
-        pid = todo.pop()
-        start = starttime(pid)
-        if start is not None:
-            found.append(f"{pid}:{start}")
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def cpu_seconds(entry):
-    total = 0
-    for e in tree([entry]):
-        f = stat_fields(e.split(":")[0])
-        if f:
-            # utime, stime, cutime, cstime (fields 14-17 of stat)
-            total += sum(int(x) for x in f[11:15])
-    return total / CLK_TCK
-
-
-def stop(entries):
-    procs = tree(entries)
-    roots = [e for e in entries if is_running(e)]
-    for e in roots:
-        try:
-            os.kill(int(e.split(":")[0]), signal.SIGTERM)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(is_running(e) for e in procs):
-        time.sleep(0.05)
-    for e in procs:
-        if is_running(e):
-            try:
-                os.kill(int(e.split(":")[0]), signal.SIGKILL)
-            except OSError:
-                pass
+import benchlib  # bench/benchlib.py: ident, cpu, alive, stop; the report head
 
 
 # ------------------------------------------------------------------ parsers
@@ -278,12 +197,8 @@ def report(tsv, md_path, json_path):
         "absolute figures are low and noisy; compare the columns, not the numbers "
         "with other machines.")
 
-    meta = {
-        "date": env.get("BENCH_META_DATE"),
-        "kernel": env.get("BENCH_META_KERNEL"),
-        "nproc": int(env.get("BENCH_META_NPROC", "0")),
-        "loadavg_at_start": env.get("BENCH_META_LOADAVG"),
-        "command": env.get("BENCH_META_COMMAND"),
+    meta = benchlib.run_meta("BENCH")
+    meta.update({
         "versions": json.loads(env.get("BENCH_META_VERSIONS", "{}")),
         "settings": {
             "proxies": proxies,
@@ -293,15 +208,8 @@ def report(tsv, md_path, json_path):
             "wrk": "-t1 -c50 --latency",
             "iperf3_streams": [1, 4],
         },
-    }
-    md = [
-        "# l4mesh peer benchmark: latest run",
-        "",
-        f"- Date: {meta['date']}",
-        f"- Kernel (`uname -r`): {meta['kernel']}",
-        f"- CPUs (`nproc`): {meta['nproc']}",
-        f"- Load average at start: {meta['loadavg_at_start']}",
-        f"- Command: `{meta['command']}`",
+    })
+    md = benchlib.md_head("l4mesh peer benchmark: latest run", meta) + [
         f"- Settings: {meta['settings']['seconds']} s per iperf3/wrk test, "
         f"{meta['settings']['pings']} ping-pongs, wrk -t1 -c50, "
         f"{repeats} repeat(s), proxies: {' '.join(proxies)}",
@@ -322,30 +230,13 @@ def report(tsv, md_path, json_path):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "ident":
-        start = starttime(args[0])
-        if start is None:
-            sys.exit(1)
-        print(f"{args[0]}:{start}")
-    elif cmd == "cpu":
-        print(f"{cpu_seconds(args[0]):.2f}")
-    elif cmd == "alive":
-        print(" ".join(e for e in args if is_running(e)))
-    elif cmd == "stop":
-        stop(args)
-    elif cmd == "iperf":
-        parse_iperf(args[0])
-    elif cmd == "wrk":
-        parse_wrk(args[0])
-    elif cmd == "ping":
-        parse_ping(args[0])
-    elif cmd == "report":
-        report(*args)
-    else:
-        sys.exit(f"unknown subcommand {cmd!r}\n{__doc__}")
+    benchlib.run(__doc__, dict(
+        benchlib.COMMANDS,
+        iperf=lambda args: parse_iperf(args[0]),
+        wrk=lambda args: parse_wrk(args[0]),
+        ping=lambda args: parse_ping(args[0]),
+        report=lambda args: report(*args),
+    ))
 
 
 if __name__ == "__main__":

@@ -44,16 +44,20 @@
 # Needs python3, ss, timeout and cargo; installs nothing. Builds l4mesh and
 # examples pingpong and reload_probe (cargo build --release), runs every
 # server under `timeout` with its own config in a temp dir, stops them by PID
-# (bench/helper.py), and writes bench/results/reload.md and reload.json.
+# (bench/lib.sh, bench/helper.py), and writes bench/results/reload.md and
+# reload.json.
 # Logs and configs stay in the temp dir.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/bench/helper.py"          # ident, alive, stop, cpu
 RHELPER="$ROOT/bench/reload_helper.py"  # configs, rss, report
+ERR_PREFIX="reload bench"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # The command line as typed, for the report (RELOAD_* variables that were set).
-COMMAND="$(env | { grep -E '^RELOAD_[A-Z_]+=' || true; } | sort | sed -E 's/^([^=]+)=(.*)$/\1="\2"/' | tr '\n' ' ')bash bench/reload.sh"
+COMMAND=$(typed_command RELOAD bench/reload.sh)
 
 REPEATS=${RELOAD_REPEATS:-12}
 SERVICES=${RELOAD_SERVICES:-1000}
@@ -66,68 +70,27 @@ SETTLE=${RELOAD_SETTLE_MS:-300}
 COST_RUNS=${RELOAD_COST_RUNS:-10}
 PACED=${RELOAD_PACED_ROUNDS:-6}
 PORT_BASE=${RELOAD_PORT_BASE:-24300}
-LOCK=${RELOAD_LOCK-/tmp/l4mesh-bench.lock}
+PORT_ENV=RELOAD_PORT_BASE
+LOCK=${RELOAD_LOCK-$DEFAULT_LOCK}
 LOCK_WAIT=${RELOAD_LOCK_WAIT:-1500}
 QUIET_WAIT=${RELOAD_QUIET_WAIT:-10}
 # Servers run under `timeout` with this lifetime, a safety net should this
 # script be killed before it can stop them.
 LIFETIME=1800
+WAIT_LISTEN_SECS=30
 
-PIDS=()            # "PID:STARTTIME" of every server started
-declare -A ENTRY   # server name -> "PID:STARTTIME"
-WORK=""
-LOCKED=0
 BUSY_GIVEUPS=0     # quiet waits that ran out
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { printf 'reload bench: error: %s\n' "$*" >&2; exit 1; }
-
 check_settings() {
-  local v env_name
-  for v in REPEATS:RELOAD_REPEATS SERVICES:RELOAD_SERVICES PER_SERVICE:RELOAD_ENDPOINTS \
+  require_positive REPEATS:RELOAD_REPEATS SERVICES:RELOAD_SERVICES PER_SERVICE:RELOAD_ENDPOINTS \
     PAIRS:RELOAD_PAIRS SECS:RELOAD_SECONDS INTERVAL:RELOAD_INTERVAL_MS \
     SETTLE:RELOAD_SETTLE_MS COST_RUNS:RELOAD_COST_RUNS PORT_BASE:RELOAD_PORT_BASE \
-    LOCK_WAIT:RELOAD_LOCK_WAIT; do
-    env_name=${v#*:} v=${v%%:*}
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$env_name must be a positive integer, got '${!v}'"
-  done
+    LOCK_WAIT:RELOAD_LOCK_WAIT
   [[ $PACED =~ ^[0-9]+$ ]] || die "RELOAD_PACED_ROUNDS must be a number, got '$PACED'"
   [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "RELOAD_QUIET_WAIT must be a number, got '$QUIET_WAIT'"
-  (( PORT_BASE >= 1024 && PORT_BASE + 7 <= 65535 )) || die "RELOAD_PORT_BASE out of range"
+  require_port_range 8
   [[ $BALANCE =~ ^(round_robin|random|least_conn|p2c|source_hash)$ ]] ||
     die "RELOAD_BALANCE must be round_robin, random, least_conn, p2c or source_hash"
-}
-
-# Take the benchmark lock: wait (polling every 10 s, up to RELOAD_LOCK_WAIT)
-# until nobody holds it, then create it atomically with our PID.
-acquire_lock() {
-  [[ -z $LOCK ]] && return 0
-  local waited=0
-  while ! (set -o noclobber; echo "$$" >"$LOCK") 2>/dev/null; do
-    ((waited < LOCK_WAIT)) ||
-      die "the benchmark lock $LOCK is still held (by PID $(cat "$LOCK" 2>/dev/null || echo '?')) after ${LOCK_WAIT}s; giving up"
-    ((waited % 60 == 0)) &&
-      log "waiting for the benchmark lock $LOCK (held by PID $(cat "$LOCK" 2>/dev/null || echo '?'))"
-    sleep 10
-    waited=$((waited + 10))
-  done
-  LOCKED=1
-  log "took the benchmark lock $LOCK"
-}
-
-# Between measurements: warn (and note for the report) if the lock is no
-# longer ours; take it again if someone removed it.
-check_lock() {
-  ((LOCKED)) || return 0
-  local owner
-  owner=$(cat "$LOCK" 2>/dev/null || true)
-  [[ $owner == "$$" ]] && return 0
-  if [[ -z $owner ]] && (set -o noclobber; echo "$$" >"$LOCK") 2>/dev/null; then
-    log "warning: someone removed the benchmark lock $LOCK during the run; took it again"
-  else
-    log "warning: the benchmark lock $LOCK now names PID ${owner:-?}; another benchmark may run alongside"
-  fi
-  record lock_lost 1
 }
 
 # Wait (up to RELOAD_QUIET_WAIT seconds) until the machine's CPUs were less
@@ -152,82 +115,8 @@ wait_quiet() {
   record "busy_at_start/$what" "$pct"
 }
 
-# Remove the lock if it is ours.
-release_lock() {
-  ((LOCKED)) || return 0
-  LOCKED=0
-  if [[ $(cat "$LOCK" 2>/dev/null || true) == "$$" ]]; then
-    rm -f "$LOCK"
-    log "released the benchmark lock"
-  else
-    log "warning: the benchmark lock $LOCK was no longer ours at the end; left it alone"
-  fi
-}
-
-# Stop what was started (EXIT trap), release the lock.
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_all
-  release_lock
-  [[ -n $WORK ]] && log "logs and configs kept in $WORK"
-  exit "$rc"
-}
-
-stop_all() {
-  if ((${#PIDS[@]})); then
-    python3 "$HELPER" stop "${PIDS[@]}" || true
-    wait 2>/dev/null || true
-    PIDS=()
-  fi
-}
-
-port_free() { [[ -z $(ss -Hltn "( sport = :$1 )") ]]; }
-
-require_free_ports() {
-  local port
-  for port in "$@"; do
-    port_free "$port" || die "port $port is already in use; set RELOAD_PORT_BASE to a free range"
-  done
-}
-
-# Start server $1 (log $WORK/logs/$1.log) running "${@:2}" under `timeout`.
-# --foreground: otherwise a SIGTERM to timeout reaches the server twice (once
-# directly, once through the process group), and l4mesh takes a second
-# SIGTERM as "exit now, without draining" (status 1).
-start_server() {
-  local name=$1 entry
-  shift
-  timeout --foreground -k 3 "$LIFETIME" "$@" >"$WORK/logs/$name.log" 2>&1 </dev/null &
-  entry=$(python3 "$HELPER" ident "$!") || entry="$!:0"
-  PIDS+=("$entry")
-  ENTRY[$name]=$entry
-}
-
-# Wait until server $1 listens on every port after it (deadline 30 s).
-wait_listening() {
-  local name=$1 port i
-  shift
-  for port in "$@"; do
-    for ((i = 0; i < 600; i++)); do
-      port_free "$port" || continue 2
-      [[ -n $(python3 "$HELPER" alive "${ENTRY[$name]}") ]] || break
-      sleep 0.05
-    done
-    tail -n 20 "$WORK/logs/$name.log" >&2 || true
-    die "$name did not start listening on 127.0.0.1:$port (log: $WORK/logs/$name.log)"
-  done
-}
-
-# Stop server $1 alone; warn unless it exited 0 (l4mesh must, on SIGTERM).
-stop_server() {
-  local name=$1 entry=${ENTRY[$1]} st=0 kept=() e
-  python3 "$HELPER" stop "$entry" || true
-  wait "${entry%%:*}" 2>/dev/null || st=$?
-  ((st == 0)) || log "warning: $name exited with status $st on SIGTERM (log: $WORK/logs/$name.log)"
-  for e in "${PIDS[@]}"; do [[ $e == "$entry" ]] || kept+=("$e"); done
-  PIDS=("${kept[@]}")
-}
+# On exit (bench/lib.sh's cleanup, before the lock is released).
+on_exit() { stop_all; }
 
 # One raw value for the report.
 record() { printf '%s\t%s\n' "$1" "$2" >>"$WORK/extra.tsv"; }
@@ -312,7 +201,7 @@ run_cost() {
 # switch-$3.jsonl, $4 microseconds between probes (0: tight loop).
 run_switches() {
   local size=$1 rounds=$2 name=$3 gap=$4 d="$WORK/$1" out="$WORK/switch-$3.jsonl"
-  check_lock
+  check_lock || record lock_lost 1
   wait_quiet "switch-$name"
   log "$size config: $rounds rounds of A/B switches (rename and in place), probe gap ${gap} us"
   if ! timeout $((rounds * 2 * (12 + SETTLE / 1000) + 30)) "$PROBE" switch "127.0.0.1:${P_WEB[$size]}" \
@@ -350,7 +239,7 @@ run_jitter() {
     hup) args=(--churn "$d/l4mesh.toml" "$d/c.toml" "$d/a.toml" --interval-ms "$INTERVAL"
       --hup "$(python3 "$RHELPER" pid "${ENTRY[l4mesh-big]}")") ;;
   esac
-  check_lock
+  check_lock || record lock_lost 1
   wait_quiet "jitter-$i-$kind"
   n0=$(reloads_so_far big) r0=$(rejects_so_far big)
   c0=$(python3 "$HELPER" cpu "${ENTRY[l4mesh-big]}")
@@ -411,8 +300,7 @@ run_all() {
 
 report() {
   local rev
-  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no-commit")
-  [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null) ]] || rev+="-dirty"
+  rev=$(l4mesh_rev)
   mkdir -p "$ROOT/bench/results"
   RELOAD_META_DATE=$DATE RELOAD_META_KERNEL=$(uname -r) RELOAD_META_NPROC=$(nproc) \
   RELOAD_META_LOADAVG=$LOADAVG RELOAD_META_COMMAND=$COMMAND RELOAD_META_REV=$rev \
@@ -429,11 +317,7 @@ main() {
   check_settings
   local tool
   for tool in python3 ss timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
-  trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  WORK=$(mktemp -d /tmp/l4mesh-reload.XXXXXX)
-  mkdir -p "$WORK/logs"
+  begin_run l4mesh-reload
   : >"$WORK/extra.tsv"
   build
   gen_configs

@@ -23,7 +23,8 @@ Subcommands:
                       (src/control/watch.rs), or "?"
   report WORK MD JSON tables from the raw results in WORK; meta from env
 
-Process handling (ident, alive, stop, cpu) is bench/helper.py's.
+Process handling (ident, alive, stop, cpu) is bench/helper.py's; the /proc
+reading under all of them is bench/benchlib.py's.
 """
 
 import json
@@ -32,6 +33,8 @@ import os
 import re
 import statistics
 import sys
+
+import benchlib  # bench/benchlib.py: the /proc helpers, the dispatch, the report head
 
 
 # ------------------------------------------------------------------ configs
@@ -86,60 +89,18 @@ def gen(args):
 
 
 # ---------------------------------------------------------------- processes
-def stat_fields(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[:data.rindex(")")].split("(", 1)[1], data[data.rindex(")") + 2:].split()
-
-
 def l4mesh_pid(entry):
     """The l4mesh process in the tree rooted at ENTRY (it runs under timeout/env)."""
-    root, start = entry.split(":")
-    f = stat_fields(root)
-    if not f or f[1][19] != start:
-        sys.exit(f"process {entry} is gone")
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            g = stat_fields(name)
-            if g:
-                children.setdefault(int(g[1][1]), []).append(int(name))
-    todo, seen = [int(root)], 0
-    while todo and seen < 1000:
-        pid = todo.pop()
-        seen += 1
-        g = stat_fields(pid)
-        if g and g[0] == "l4mesh":
-            return pid
-        todo.extend(children.get(pid, []))
-    sys.exit(f"no l4mesh process under {entry}")
+    return benchlib.find_in_tree(entry, "l4mesh")
 
 
 def rss(entry):
-    vals = {}
-    with open(f"/proc/{l4mesh_pid(entry)}/status") as st:
-        for line in st:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                vals[k] = int(v.split()[0])
+    vals = benchlib.status_kb(l4mesh_pid(entry), ("VmRSS", "VmHWM"))
     print(vals.get("VmRSS", 0), vals.get("VmHWM", 0))
 
 
 def ctlcpu(entry):
-    pid = l4mesh_pid(entry)
-    total = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        g = stat_fields(f"{pid}/task/{tid}")
-        if not g or g[0] not in ("l4mesh-control", "l4mesh-watch"):
-            continue
-        try:  # nanoseconds on the CPU, where the kernel keeps schedstats
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):  # clock ticks otherwise
-            total += (int(g[1][11]) + int(g[1][12])) / os.sysconf("SC_CLK_TCK")
+    total = benchlib.thread_cpu_seconds(l4mesh_pid(entry), ("l4mesh-control", "l4mesh-watch"))
     print(f"{total:.4f}")
 
 
@@ -351,12 +312,8 @@ def report(work, md_path, json_path):
     jrows = [jrow(j["round"], j["kind"], j) for j in jitter]
     jrows += [jrow("**median**", kind, jsum[kind], bold=True) for kind, _ in KINDS]
 
-    meta = {
-        "date": env.get("RELOAD_META_DATE"),
-        "kernel": env.get("RELOAD_META_KERNEL"),
-        "nproc": int(env.get("RELOAD_META_NPROC", "0")),
-        "loadavg_at_start": env.get("RELOAD_META_LOADAVG"),
-        "command": env.get("RELOAD_META_COMMAND"),
+    meta = benchlib.run_meta("RELOAD")
+    meta.update({
         "l4mesh": env.get("RELOAD_META_REV"),
         "debounce_ms": debounce_ms,
         "settings": {
@@ -372,17 +329,10 @@ def report(work, md_path, json_path):
         },
         "config_bytes": {k[6:]: v for k, v in extra.items() if k.startswith("bytes/")},
         "startup_ms": {k[8:]: v for k, v in extra.items() if k.startswith("startup/")},
-    }
+    })
     st = meta["settings"]
 
-    md = [
-        "# l4mesh config reload benchmark: latest run",
-        "",
-        f"- Date: {meta['date']}",
-        f"- Kernel (`uname -r`): {meta['kernel']}",
-        f"- CPUs (`nproc`): {meta['nproc']}",
-        f"- Load average at start: {meta['loadavg_at_start']}",
-        f"- Command: `{meta['command']}`",
+    md = benchlib.md_head("l4mesh config reload benchmark: latest run", meta) + [
         f"- l4mesh: {meta['l4mesh']}; file-watch debounce in the source: {debounce_ms} ms",
         f"- Settings: {st['switch_rounds']} round(s) per config size, each switching once by "
         f"rename and once in place ({st['paced_rounds']} more paced rounds on the big config); "
@@ -532,25 +482,15 @@ def report(work, md_path, json_path):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "gen":
-        gen(args)
-    elif cmd == "rss":
-        rss(args[0])
-    elif cmd == "pid":
-        print(l4mesh_pid(args[0]))
-    elif cmd == "ctlcpu":
-        ctlcpu(args[0])
-    elif cmd == "othercpu":
-        othercpu(args)
-    elif cmd == "debounce":
-        debounce(args[0])
-    elif cmd == "report":
-        report(*args)
-    else:
-        sys.exit(f"unknown subcommand {cmd!r}\n{__doc__}")
+    benchlib.run(__doc__, {
+        "gen": gen,
+        "rss": lambda args: rss(args[0]),
+        "pid": lambda args: print(l4mesh_pid(args[0])),
+        "ctlcpu": lambda args: ctlcpu(args[0]),
+        "othercpu": othercpu,
+        "debounce": lambda args: debounce(args[0]),
+        "report": lambda args: report(*args),
+    })
 
 
 if __name__ == "__main__":

@@ -16,12 +16,18 @@
 #   BENCH_PORT_BASE  first loopback port used; 73 ports from there (default 24100)
 #   BENCH_SUBJECT    proxy the ratio columns are computed for (default l4mesh)
 #   BENCH_MAX_SECONDS  stop starting new repeats after this long (default 1500)
+#   BENCH_LOCK       lock file shared with other benchmarks (bench/reload.sh),
+#                    waited for before the backends start and removed on exit,
+#                    so two benchmarks never run at once; "" for none
+#                    (default /tmp/l4mesh-bench.lock)
+#   BENCH_LOCK_WAIT  seconds to wait for the lock before giving up (default 1500)
 #
 # Installs iperf3, wrk, haproxy, nginx and its stream module with apt-get if
 # missing (without letting Debian start their system services), builds
-# l4mesh and examples/pingpong, starts every backend and proxy with its own
-# config in a temp dir, runs the tests, stops everything it started (by PID),
-# and writes bench/results/latest.md, latest.json and the chart latest.png
+# l4mesh and examples/pingpong, takes the benchmark lock, starts every
+# backend and proxy with its own config in a temp dir, runs the tests, stops
+# everything it started (by PID; bench/lib.sh), and writes
+# bench/results/latest.md, latest.json and the chart latest.png
 # (bench/chart.sh). Logs stay in the temp dir.
 set -euo pipefail
 
@@ -29,9 +35,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/bench/helper.py"
 ALL_PROXIES="direct l4mesh l4mesh-copy l4mesh-base haproxy haproxy-splice nginx"
 DEFAULT_PROXIES="direct l4mesh l4mesh-copy haproxy haproxy-splice nginx"
+ERR_PREFIX=bench
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # The command line as typed, for the report (BENCH_* variables that were set).
-COMMAND="$(env | { grep -E '^BENCH_[A-Z_]+=' || true; } | sort | sed -E 's/^([^=]+)=(.*)$/\1="\2"/' | tr '\n' ' ')bash bench/run.sh"
+COMMAND=$(typed_command BENCH bench/run.sh)
 
 PROXIES=${BENCH_PROXIES:-$DEFAULT_PROXIES}
 REPEATS=${BENCH_REPEATS:-3}
@@ -40,31 +49,22 @@ PINGS=${BENCH_PINGS:-20000}
 PORT_BASE=${BENCH_PORT_BASE:-24100}
 SUBJECT=${BENCH_SUBJECT:-l4mesh}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-1500}
+PORT_ENV=BENCH_PORT_BASE
+LOCK=${BENCH_LOCK-$DEFAULT_LOCK}
+LOCK_WAIT=${BENCH_LOCK_WAIT:-1500}
 # Servers are started under `timeout` with this lifetime, as a safety net
 # should this script be killed before it can stop them.
 LIFETIME=$((MAX_SECONDS + 600))
+WAIT_LISTEN_SECS=15
 
-PIDS=()                  # "PID:STARTTIME" of every server started
-declare -A ENTRY         # server name -> "PID:STARTTIME"
 declare -A PORT          # "proxy/test" -> port the client connects to
 CREATED_POLICY_RC=0
-WORK=""
-
-# Print a timestamped progress message on stderr.
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-# Print an error and exit (the EXIT trap stops what was started).
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 
 # Check the settings, so a typo fails at once and not after a long build.
 check_settings() {
-  local v env_name
-  for v in REPEATS:BENCH_REPEATS DUR:BENCH_SECONDS PINGS:BENCH_PINGS \
-    PORT_BASE:BENCH_PORT_BASE MAX_SECONDS:BENCH_MAX_SECONDS; do
-    env_name=${v#*:} v=${v%%:*}
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$env_name must be a positive integer, got '${!v}'"
-  done
-  (( PORT_BASE >= 1024 && PORT_BASE + 72 <= 65535 )) || die "BENCH_PORT_BASE out of range"
+  require_positive REPEATS:BENCH_REPEATS DUR:BENCH_SECONDS PINGS:BENCH_PINGS \
+    PORT_BASE:BENCH_PORT_BASE MAX_SECONDS:BENCH_MAX_SECONDS LOCK_WAIT:BENCH_LOCK_WAIT
+  require_port_range 73
   if want l4mesh-base; then
     [[ -x ${BENCH_BASELINE_BIN:-} ]] || die "l4mesh-base needs BENCH_BASELINE_BIN=/path/to/an/l4mesh binary"
   fi
@@ -78,23 +78,11 @@ check_settings() {
 # True if proxy $1 is selected.
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
 
-# Stop every server we started (EXIT trap), and undo the policy-rc.d file.
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if (( ${#PIDS[@]} )); then
-    log "stopping ${#PIDS[@]} server(s)"
-    python3 "$HELPER" stop "${PIDS[@]}" || true
-    if [[ -n ${ENTRY[l4mesh]:-} ]]; then   # l4mesh must exit 0 on SIGTERM
-      local st=0
-      wait "${ENTRY[l4mesh]%%:*}" 2>/dev/null || st=$?
-      ((st == 0)) || log "warning: l4mesh exited with status $st on SIGTERM (log: $WORK/logs/l4mesh.log)"
-    fi
-    wait 2>/dev/null || true
-  fi
+# On exit (bench/lib.sh's cleanup, before the lock is released): stop every
+# server we started (l4mesh must exit 0 on SIGTERM), undo the policy-rc.d file.
+on_exit() {
+  stop_all l4mesh
   if (( CREATED_POLICY_RC )); then rm -f /usr/sbin/policy-rc.d; fi
-  [[ -n $WORK ]] && log "logs and configs kept in $WORK"
-  exit "$rc"
 }
 
 # The load_module line nginx needs for the stream module ("" if built in);
@@ -196,48 +184,9 @@ raise_fd_limit() {
   ((MAXCONN >= 200)) || die "open-files limit too low ($(ulimit -n)); raise it with ulimit -n"
 }
 
-# True if nothing listens on TCP port $1.
-port_free() { [[ -z $(ss -Hltn "( sport = :$1 )") ]]; }
-
-# Start server $1 in the background (logging to $2) running "${@:3}" under a
-# lifetime limit, and remember its PID.
-start_server() {
-  local name=$1 logf=$2 entry
-  shift 2
-  timeout -k 3 "$LIFETIME" "$@" >"$logf" 2>&1 </dev/null &
-  entry=$(python3 "$HELPER" ident "$!") || entry="$!:0"
-  PIDS+=("$entry")
-  ENTRY[$name]=$entry
-}
-
-# Wait until server $1 listens on every port given after it (deadline 15 s);
-# fail with its log if it exits or the deadline passes.
-wait_listening() {
-  local name=$1 port i
-  shift
-  for port in "$@"; do
-    for ((i = 0; i < 300; i++)); do
-      port_free "$port" || continue 2
-      [[ -n $(python3 "$HELPER" alive "${ENTRY[$name]}") ]] || break
-      sleep 0.05
-    done
-    tail -n 20 "$WORK/logs/$name.log" >&2 || true
-    die "$name did not start listening on 127.0.0.1:$port (log: $WORK/logs/$name.log)"
-  done
-}
-
-# Fail early if any of the given ports is already taken.
-require_free_ports() {
-  local port
-  for port in "$@"; do
-    port_free "$port" || die "port $port is already in use; set BENCH_PORT_BASE to a free range"
-  done
-}
-
 # Start the iperf3 backend (also used to restart it after a failed test).
 start_iperf_backend() {
-  start_server iperf3-backend "$WORK/logs/iperf3-backend.log" \
-    iperf3 -s -B 127.0.0.1 -p "$B_IPERF" --rcv-timeout 10000
+  start_server iperf3-backend iperf3 -s -B 127.0.0.1 -p "$B_IPERF" --rcv-timeout 10000
   wait_listening iperf3-backend "$B_IPERF"
 }
 
@@ -271,12 +220,11 @@ http {
 EOF
   nginx -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" 2>"$WORK/logs/http-backend.log" ||
     { cat "$WORK/logs/http-backend.log" >&2; die "bad nginx HTTP backend config"; }
-  start_server http-backend "$WORK/logs/http-backend.log" \
+  start_server http-backend \
     nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" -g 'daemon off;'
   wait_listening http-backend "$B_HTTP"
 
-  start_server ping-backend "$WORK/logs/ping-backend.log" \
-    "$PINGPONG" server "127.0.0.1:$B_PING" --lifetime "$LIFETIME"
+  start_server ping-backend "$PINGPONG" server "127.0.0.1:$B_PING" --lifetime "$LIFETIME"
   wait_listening ping-backend "$B_PING"
 }
 
@@ -348,12 +296,12 @@ start_proxies() {
     log "starting $name"
     d="$WORK/$name"
     case $name in
-      l4mesh | l4mesh-copy) start_server "$name" "$WORK/logs/$name.log" \
+      l4mesh | l4mesh-copy) start_server "$name" \
         env RUST_LOG="${RUST_LOG:-warn}" "$L4MESH" -c "$d/l4mesh.toml" ;;
-      l4mesh-base) start_server "$name" "$WORK/logs/$name.log" \
+      l4mesh-base) start_server "$name" \
         env RUST_LOG="${RUST_LOG:-warn}" "$BENCH_BASELINE_BIN" -c "$d/l4mesh.toml" ;;
-      haproxy*) start_server "$name" "$WORK/logs/$name.log" haproxy -db -f "$d/haproxy.cfg" ;;
-      nginx) start_server "$name" "$WORK/logs/$name.log" \
+      haproxy*) start_server "$name" haproxy -db -f "$d/haproxy.cfg" ;;
+      nginx) start_server "$name" \
         nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" -g 'daemon off;' ;;
     esac
     wait_listening "$name" "$p_iperf" "$p_http" "$p_ping"
@@ -452,6 +400,7 @@ run_all() {
       log "warning: over BENCH_MAX_SECONDS=$MAX_SECONDS, skipping repeats $r..$REPEATS"
       break
     fi
+    check_lock || true
     log "repeat $r/$REPEATS"
     for ((i = 0; i < ${#list[@]}; i++)); do
       name=${list[(i + r - 1) % ${#list[@]}]}
@@ -465,10 +414,7 @@ run_all() {
 
 # Tool versions for the report, as JSON.
 versions_json() {
-  local rev
-  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no-commit")
-  [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null) ]] || rev+="-dirty"
-  python3 - "$rev" <<'EOF'
+  python3 - "$(l4mesh_rev)" <<'EOF'
 import json, subprocess, sys
 def first(cmd):
     try:
@@ -504,12 +450,8 @@ report() {
 
 main() {
   check_settings
-  trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  WORK=$(mktemp -d /tmp/l4mesh-bench.XXXXXX)
+  begin_run l4mesh-bench
   chmod 755 "$WORK"   # nginx workers run as an unprivileged user
-  mkdir -p "$WORK/logs"
   : >"$WORK/results.tsv"
   DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -523,6 +465,7 @@ main() {
     command -v haproxy >/dev/null || die "haproxy not found"
   fi
   build_binaries
+  acquire_lock
   raise_fd_limit
   start_backends
   start_proxies
