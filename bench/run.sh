@@ -7,7 +7,8 @@
 # Environment (all optional):
 #   BENCH_PROXIES    proxies to run, in order (default: "direct l4mesh l4mesh-copy haproxy haproxy-splice nginx")
 #                    l4mesh runs with its default forward = "auto" (splice), l4mesh-copy with
-#                    forward = "copy"; l4mesh-base runs the binary BENCH_BASELINE_BIN (an older
+#                    forward = "copy", l4mesh-unpinned with cpu_affinity = "off" (workers
+#                    left to the scheduler); l4mesh-base runs the binary BENCH_BASELINE_BIN (an older
 #                    build, e.g. to show what a change costs) with the same config, without
 #                    the keys older builds do not know
 #   BENCH_REPEATS    interleaved repeats; the median is reported (default 3)
@@ -33,7 +34,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/bench/helper.py"
-ALL_PROXIES="direct l4mesh l4mesh-copy l4mesh-base haproxy haproxy-splice nginx"
+ALL_PROXIES="direct l4mesh l4mesh-copy l4mesh-base haproxy haproxy-splice nginx l4mesh-unpinned"
 DEFAULT_PROXIES="direct l4mesh l4mesh-copy haproxy haproxy-splice nginx"
 ERR_PREFIX=bench
 # shellcheck source=bench/lib.sh
@@ -149,7 +150,7 @@ install_deps() {
 build_binaries() {
   local target=${CARGO_TARGET_DIR:-$ROOT/target} blog="$WORK/logs/build.log"
   command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
-  if want l4mesh || want l4mesh-copy; then
+  if want l4mesh || want l4mesh-copy || want l4mesh-unpinned; then
     log "building l4mesh and pingpong (cargo build --release; log: $blog)"
     (cd "$ROOT" && cargo build --release --bin l4mesh --example pingpong) >"$blog" 2>&1 ||
       { tail -n 30 "$blog" >&2; die "cargo build failed, see $blog"; }
@@ -238,6 +239,7 @@ proxy_config() {
       {
         printf '[runtime]\nworkers = 2\nbuffer_size = 65536\ndrain_timeout = "1s"\n'
         [[ $name == l4mesh-copy ]] && printf 'forward = "copy"\n'
+        [[ $name == l4mesh-unpinned ]] && printf 'cpu_affinity = "off"\n'
         for t in iperf http ping; do
           local lp=p_$t bp=B_${t^^}
           printf '\n[listeners.%s]\nlisten = "127.0.0.1:%s"\nservice = "%s"\n' "$t" "${!lp}" "$t"
@@ -296,7 +298,7 @@ start_proxies() {
     log "starting $name"
     d="$WORK/$name"
     case $name in
-      l4mesh | l4mesh-copy) start_server "$name" \
+      l4mesh | l4mesh-copy | l4mesh-unpinned) start_server "$name" \
         env RUST_LOG="${RUST_LOG:-warn}" "$L4MESH" -c "$d/l4mesh.toml" ;;
       l4mesh-base) start_server "$name" \
         env RUST_LOG="${RUST_LOG:-warn}" "$BENCH_BASELINE_BIN" -c "$d/l4mesh.toml" ;;
