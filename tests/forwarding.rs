@@ -101,6 +101,37 @@ fn small_round_trips(mode: &str) {
 }
 
 #[test]
+fn it_should_carry_the_bytes_around_urgent_data_when_splicing() {
+    urgent_data("splice");
+}
+
+#[test]
+fn it_should_carry_the_bytes_around_urgent_data_when_copying() {
+    urgent_data("copy");
+}
+
+/// TCP urgent (out-of-band) data followed by the client's EOF: like HAProxy
+/// and nginx, the urgent byte itself is dropped and every byte around it
+/// carried. Splicing cannot pass the urgent mark; the recv that confirms
+/// its "EOF" does (without an EOF, see docs/DESIGN.md).
+fn urgent_data(mode: &str) {
+    let proxy = start_proxy(&with_forward(
+        &config_text(&[(echo_backend(), 1)], ""),
+        mode,
+    ));
+    let mut client = connect(&proxy);
+    client.write_all(b"abc").unwrap();
+    socket2::SockRef::from(&client)
+        .send_out_of_band(b"!")
+        .unwrap();
+    client.write_all(b"def").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"abcdef");
+}
+
+#[test]
 fn it_should_pass_the_clients_eof_on_and_still_carry_the_reply() {
     // The upstream answers only after it reads EOF.
     let upstream = backend(|mut s| {

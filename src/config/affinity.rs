@@ -4,15 +4,16 @@
 //! the scheduler, two busy workers can end up time-sharing one core while
 //! the load generator and the backend share the other, and every connection
 //! of the worker that waits sees it in its tail latency (see the README's
-//! benchmark notes). Written like `taskset -c`: `"0-3,8"`.
+//! benchmark notes). A list is numbers and ascending ranges: `"0-3,8"`.
 
 use std::fmt;
 
 /// Where worker threads run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CpuAffinity {
-    /// Worker `i` on the `i`-th CPU the process may run on (round robin
-    /// when there are more workers than CPUs).
+    /// When there is a worker for every CPU the process may run on (or
+    /// more), worker `i` on the `i`-th of them, in turn; with fewer workers
+    /// than CPUs, unpinned.
     Auto,
     /// Wherever the kernel's scheduler puts them.
     Off,
@@ -66,7 +67,7 @@ fn cpu(text: &str, max: usize) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if n < max => Ok(n),
         Ok(n) => Err(format!(
-            "CPU {n} is beyond the last CPU number, {}",
+            "CPU {n} is out of range: CPU numbers go up to {}",
             max - 1
         )),
         Err(_) => Err(format!("{text:?} is not a CPU number")),
@@ -97,7 +98,7 @@ mod tests {
         assert_eq!(error("1,0-1"), "CPU 1 is listed twice");
         assert_eq!(
             error("1024"),
-            "CPU 1024 is beyond the last CPU number, 1023"
+            "CPU 1024 is out of range: CPU numbers go up to 1023"
         );
         assert_eq!(error("0-"), "\"\" is not a CPU number");
     }

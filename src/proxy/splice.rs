@@ -20,7 +20,9 @@ use super::forward::{Direction, Meters, Outcome, Pumped, Shared, drive};
 use crate::metrics::Counter;
 use crate::runtime::RESOURCE_ERRORS;
 use rustix::param::page_size;
-use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+use rustix::pipe::{
+    PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice,
+};
 use socket2::SockRef;
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -48,8 +50,12 @@ impl Pipe {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         // The kernel rounds up to pages and refuses sizes above
         // /proc/sys/fs/pipe-max-size (or an unprivileged user's page quota);
-        // then the default, 64 KiB, stays.
-        let capacity = fcntl_setpipe_size(&write, capacity).unwrap_or(65536);
+        // then the pipe keeps what it was made with, which past that quota
+        // is as little as one or two pages: ask. A pipe whose size cannot be
+        // read counts as one page, so no fill is ever taken for short.
+        let capacity = fcntl_setpipe_size(&write, capacity)
+            .or_else(|_| fcntl_getpipe_size(&write))
+            .unwrap_or_else(|_| page_size());
         Ok(Pipe {
             read,
             write,
@@ -183,14 +189,18 @@ async fn pump(
         }
         let moved = match spares.pool.take() {
             Ok(pipe) => {
-                let moved = splice_chunk(from, to, &pipe).await;
+                let spliced = splice_chunk(from, to, &pipe).await;
                 // A pipe is clean unless the chunk failed halfway.
-                if moved.is_ok() {
+                if spliced.is_ok() {
                     spares.pool.give_back(pipe);
                 } else {
                     spares.pool.forget(pipe);
                 }
-                moved
+                match spliced {
+                    Ok(Spliced::Chunk(moved)) => Ok(Some(moved)),
+                    Ok(Spliced::Unspliced) => copy_chunk(from, to, spares.buffers).await,
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => {
                 if RESOURCE_ERRORS.allow().is_some() {
@@ -224,14 +234,38 @@ async fn pump(
     Pumped { bytes, error }
 }
 
+/// What one splice chunk did.
+enum Spliced {
+    /// Bytes moved (0: spurious readiness, now cleared).
+    Chunk(usize),
+    /// The splice moved nothing (EAGAIN or 0): a copy decides between
+    /// nothing, EOF and bytes waiting behind TCP urgent data. The socket is
+    /// still marked readable, so the copy's recv does run.
+    Unspliced,
+}
+
 /// One chunk through an empty pipe: fills it from `from` (without waiting)
-/// and drains it fully into `to`. `Ok(None)` is EOF, `Ok(Some(0))` means
-/// `from` had nothing after all.
-async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Option<usize>> {
+/// and drains it fully into `to`; a splice that moves nothing hands over to
+/// a copy (see [`Spliced::Unspliced`]).
+async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Spliced> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut drained = 0;
+    let mut unspliced = false;
     let filled = from.try_io(Interest::READABLE, || {
-        let n = splice(from, None, &pipe.write, None, pipe.capacity, flags)?;
+        let n = match splice(from, None, &pipe.write, None, pipe.capacity, flags) {
+            // splice(2) stops at TCP urgent data's mark and never passes it:
+            // it answers EAGAIN, or 0 once the FIN is in, while bytes wait
+            // behind the mark (and FIONREAD counts only those before it).
+            // So "nothing" and "EOF" are left to a recv, with readiness
+            // kept: recv skips the urgent byte, as the copy path, HAProxy
+            // and nginx do, and carries the rest. One recv per direction at
+            // EOF, and one per (now rare) EAGAIN.
+            Ok(0) | Err(rustix::io::Errno::AGAIN) => {
+                unspliced = true;
+                return Ok(0);
+            }
+            n => n?,
+        };
         if n > 0 && n < pipe.slots {
             // Every pipe slot holds at least a byte, so a fill this short
             // did not stop on a full pipe: it took all the socket had. Clear
@@ -245,10 +279,10 @@ async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Resu
         Ok(n)
     });
     let n = match filled {
-        Ok(0) => return Ok(None),
+        Ok(_) if unspliced => return Ok(Spliced::Unspliced),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Spliced::Chunk(0)),
         Err(e) => return Err(e),
     };
     let mut left = n;
@@ -259,7 +293,7 @@ async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Resu
             })
             .await?;
     }
-    Ok(Some(n))
+    Ok(Spliced::Chunk(n))
 }
 
 /// One chunk through a pooled buffer, for when no pipe can be had.

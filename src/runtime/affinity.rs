@@ -2,6 +2,7 @@
 //! `worker_cpu_affinity auto` and HAProxy's `cpu-map` do.
 
 use crate::config::CpuAffinity;
+use rustix::process::getpid;
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 /// The CPU for each of `workers` workers (`None`: unpinned), given the CPUs
@@ -14,6 +15,10 @@ pub fn assign(
 ) -> (Vec<Option<usize>>, Option<String>) {
     let (cpus, warning) = match affinity {
         CpuAffinity::Off => (Vec::new(), None),
+        // Fewer workers than CPUs: this process does not have the machine to
+        // itself (a sidecar with a CPU quota, say), and pinning every such
+        // instance's worker 0 to the same first CPU would pile them up.
+        CpuAffinity::Auto if workers < allowed.len() => (Vec::new(), None),
         CpuAffinity::Auto => (allowed.to_vec(), None),
         CpuAffinity::Cpus(listed) => {
             let (usable, refused): (Vec<usize>, Vec<usize>) =
@@ -41,12 +46,14 @@ pub fn assign(
     (pinned, warning)
 }
 
-/// The CPU for each worker, for this process; logs where they go.
+/// The CPU for each worker, given the CPUs this process may run on; logs
+/// where they go.
 pub fn worker_cpus(affinity: &CpuAffinity, workers: usize) -> Vec<Option<usize>> {
     if *affinity == CpuAffinity::Off {
         return vec![None; workers];
     }
-    let allowed: Vec<usize> = match sched_getaffinity(None) {
+    // The main thread's mask, which every thread inherits unless pinned.
+    let allowed: Vec<usize> = match sched_getaffinity(Some(getpid())) {
         Ok(set) => (0..CpuSet::MAX_CPU)
             .filter(|&cpu| set.is_set(cpu))
             .collect(),
@@ -65,6 +72,12 @@ pub fn worker_cpus(affinity: &CpuAffinity, workers: usize) -> Vec<Option<usize>>
             "workers pinned to CPUs {} (runtime.cpu_affinity = \"{affinity}\")",
             list(&pinned)
         );
+    } else if *affinity == CpuAffinity::Auto {
+        log::info!(
+            "{workers} worker(s) for {} CPUs: left to the scheduler (runtime.cpu_affinity = \
+             \"auto\" pins only when there is a worker for every CPU; list CPUs to pin anyway)",
+            allowed.len()
+        );
     }
     cpus
 }
@@ -79,9 +92,25 @@ pub fn pin_current_thread(index: usize, cpu: usize) {
     }
 }
 
+/// CPU numbers as a list with runs joined: `0-3,8`.
 fn list(cpus: &[usize]) -> String {
-    let names: Vec<String> = cpus.iter().map(usize::to_string).collect();
-    names.join(",")
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i + 1 {
+            format!("{}-{}", cpus[i], cpus[j])
+        } else if j == i + 1 {
+            format!("{},{}", cpus[i], cpus[j])
+        } else {
+            cpus[i].to_string()
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 #[cfg(test)]
@@ -94,6 +123,23 @@ mod tests {
         assert_eq!(cpus, vec![Some(2), Some(3), Some(2)]);
         assert_eq!(warning, None);
         assert_eq!(assign(&CpuAffinity::Off, &[0, 1], 2).0, vec![None, None]);
+    }
+
+    #[test]
+    fn it_should_not_pin_automatically_with_fewer_workers_than_cpus() {
+        let (cpus, warning) = assign(&CpuAffinity::Auto, &[0, 1, 2, 3], 2);
+        assert_eq!(cpus, vec![None, None]);
+        assert_eq!(warning, None);
+        // A list is the operator's choice, and is honoured.
+        let listed = CpuAffinity::Cpus(vec![2, 3]);
+        assert_eq!(assign(&listed, &[0, 1, 2, 3], 2).0, vec![Some(2), Some(3)]);
+    }
+
+    #[test]
+    fn it_should_write_runs_of_cpus_as_ranges() {
+        assert_eq!(list(&[0, 1, 2, 3, 8]), "0-3,8");
+        assert_eq!(list(&[0, 1, 5, 7, 8, 9]), "0,1,5,7-9");
+        assert_eq!(list(&[]), "");
     }
 
     #[test]
