@@ -31,6 +31,11 @@ fn it_should_echo_100_megabytes_exactly_when_copying() {
     echo_100_megabytes("copy");
 }
 
+#[test]
+fn it_should_echo_100_megabytes_exactly_in_auto_mode() {
+    echo_100_megabytes("auto");
+}
+
 fn echo_100_megabytes(mode: &str) {
     const TOTAL: usize = 100 << 20;
     let proxy = start_proxy(&with_forward(
@@ -73,10 +78,17 @@ fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_when_cop
     small_round_trips("copy");
 }
 
+#[test]
+fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_in_auto_mode() {
+    small_round_trips("auto");
+}
+
 /// Thousands of short messages, each answered before the next: every fill
 /// is short, so a readiness cleared wrongly would stall a round trip (the
 /// read timeout fails the test). Sizes vary from 1 byte to past the
-/// short-fill threshold; the last message arrives with the client's EOF.
+/// short-fill threshold, and every 100th is 200 KB, so `auto` moves between
+/// copying and splicing both ways; the last message arrives with the
+/// client's EOF.
 fn small_round_trips(mode: &str) {
     let proxy = start_proxy(&with_forward(
         &config_text(&[(echo_backend(), 1)], ""),
@@ -86,12 +98,20 @@ fn small_round_trips(mode: &str) {
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut back = vec![0; 2048];
+    let mut back = vec![0; 200_000];
     for round in 0..3000usize {
-        let message: Vec<u8> = (0..1 + round % 1500).map(|i| (i + round) as u8).collect();
-        client.write_all(&message).unwrap();
-        client.read_exact(&mut back[..message.len()]).unwrap();
-        assert!(back[..message.len()] == message[..], "round {round}");
+        let size = if round % 100 == 99 {
+            200_000
+        } else {
+            1 + round % 1500
+        };
+        let message: Vec<u8> = (0..size).map(|i| (i + round) as u8).collect();
+        let mut writer = client.try_clone().unwrap();
+        let sent = message.clone();
+        let writing = thread::spawn(move || writer.write_all(&sent).unwrap());
+        client.read_exact(&mut back[..size]).unwrap();
+        writing.join().unwrap();
+        assert!(back[..size] == message[..], "round {round}");
     }
     client.write_all(b"last").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
@@ -108,6 +128,11 @@ fn it_should_carry_the_bytes_around_urgent_data_when_splicing() {
 #[test]
 fn it_should_carry_the_bytes_around_urgent_data_when_copying() {
     urgent_data("copy");
+}
+
+#[test]
+fn it_should_carry_the_bytes_around_urgent_data_in_auto_mode() {
+    urgent_data("auto");
 }
 
 /// TCP urgent (out-of-band) data followed by the client's EOF: like HAProxy

@@ -19,6 +19,7 @@ use super::buffers::BufferPool;
 use super::forward::{Direction, Meters, Outcome, Pumped, Shared, drive};
 use crate::metrics::Counter;
 use crate::runtime::RESOURCE_ERRORS;
+use rustix::net::{RecvFlags, recv};
 use rustix::param::page_size;
 use rustix::pipe::{
     PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice,
@@ -74,18 +75,27 @@ pub struct PipePool {
     limit: usize,
     open: Cell<usize>,
     free: RefCell<Vec<Pipe>>,
+    /// `forward = "auto"`: each direction copies through `scratch` until a
+    /// read fills it, and splices from then on (see [`copy_small`]).
+    small_first: bool,
+    /// The worker's one buffer for small chunks; held only within a poll,
+    /// never across an await, so one serves every connection.
+    scratch: RefCell<Vec<u8>>,
 }
 
 impl PipePool {
     /// A pool of `capacity`-byte pipes keeping at most `keep` idle ones and
-    /// at most `limit` open in all.
-    pub fn new(capacity: usize, keep: usize, limit: usize) -> PipePool {
+    /// at most `limit` open in all; with `small_first`, small chunks are
+    /// copied rather than spliced (`forward = "auto"`).
+    pub fn new(capacity: usize, keep: usize, limit: usize, small_first: bool) -> PipePool {
         PipePool {
             capacity,
             keep,
             limit,
             open: Cell::new(0),
             free: RefCell::new(Vec::new()),
+            small_first,
+            scratch: RefCell::new(Vec::new()),
         }
     }
 
@@ -183,30 +193,42 @@ async fn pump(
     meter: &Counter,
 ) -> Pumped {
     let mut bytes = 0u64;
+    let mut splicing = !spares.pool.small_first;
     let error = loop {
         if let Err(e) = from.readable().await {
             break Some(e);
         }
-        let moved = match spares.pool.take() {
-            Ok(pipe) => {
-                let spliced = splice_chunk(from, to, &pipe).await;
-                // A pipe is clean unless the chunk failed halfway.
-                if spliced.is_ok() {
-                    spares.pool.give_back(pipe);
-                } else {
-                    spares.pool.forget(pipe);
+        let moved = if !splicing {
+            let moved = copy_small(from, to, spares).await;
+            // A read that filled the scratch buffer: a bulk stream; splice.
+            splicing = matches!(moved, Ok(Some(SMALL)));
+            moved
+        } else {
+            match spares.pool.take() {
+                Ok(pipe) => {
+                    let spliced = splice_chunk(from, to, &pipe).await;
+                    // A pipe is clean unless the chunk failed halfway.
+                    if spliced.is_ok() {
+                        spares.pool.give_back(pipe);
+                    } else {
+                        spares.pool.forget(pipe);
+                    }
+                    match spliced {
+                        Ok(Spliced::Chunk(moved)) => {
+                            // Back to copying once the chunks are small.
+                            splicing = moved >= SMALL || !spares.pool.small_first;
+                            Ok(Some(moved))
+                        }
+                        Ok(Spliced::Unspliced) => copy_small(from, to, spares).await,
+                        Err(e) => Err(e),
+                    }
                 }
-                match spliced {
-                    Ok(Spliced::Chunk(moved)) => Ok(Some(moved)),
-                    Ok(Spliced::Unspliced) => copy_chunk(from, to, spares.buffers).await,
-                    Err(e) => Err(e),
+                Err(e) => {
+                    if RESOURCE_ERRORS.allow().is_some() {
+                        log::warn!("no pipe for splicing ({e}); copying through a buffer instead");
+                    }
+                    copy_small(from, to, spares).await
                 }
-            }
-            Err(e) => {
-                if RESOURCE_ERRORS.allow().is_some() {
-                    log::warn!("no pipe for splicing ({e}); copying through a buffer instead");
-                }
-                copy_chunk(from, to, spares.buffers).await
             }
         };
         match moved {
@@ -296,33 +318,79 @@ async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Resu
     Ok(Spliced::Chunk(n))
 }
 
-/// One chunk through a pooled buffer, for when no pipe can be had.
-async fn copy_chunk(
+/// The scratch buffer's size: a read that fills it marks a bulk stream.
+const SMALL: usize = 16 * 1024;
+
+/// One chunk copied through the worker's scratch buffer: for small chunks
+/// (requests, responses, ping-pongs) a recv and a send cost less than two
+/// splices, and nothing is held per connection. A read shorter than the
+/// buffer took all the socket had, so it clears readiness at once (as
+/// tokio's `poll_read` does). Bytes the peer cannot take yet move to a
+/// pooled buffer, which waits for room. Also the path when no pipe can be
+/// had, and after a splice that moved nothing (recv passes TCP urgent data,
+/// where splice stops). `Ok(None)` is EOF, `Ok(Some(0))` nothing after all.
+async fn copy_small(
     from: &TcpStream,
     to: &TcpStream,
-    buffers: &BufferPool,
+    spares: Spares<'_>,
 ) -> io::Result<Option<usize>> {
-    let mut buffer = buffers.take();
-    buffer.resize(buffer.capacity(), 0);
-    let read = match from.try_read(&mut buffer) {
-        Ok(0) => Ok(None),
-        Ok(n) => {
-            let mut sent = 0;
-            while sent < n {
-                to.writable().await?;
-                match to.try_write(&buffer[sent..n]) {
-                    Ok(m) => sent += m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+    let (n, rest) = {
+        let mut scratch = spares.pool.scratch.borrow_mut();
+        scratch.resize(SMALL, 0);
+        let mut drained = 0;
+        let read = from.try_io(Interest::READABLE, || {
+            let (n, _) = recv(from, &mut scratch[..], RecvFlags::empty())?;
+            if n > 0 && n < SMALL {
+                drained = n;
+                return Err(io::ErrorKind::WouldBlock.into());
             }
-            Ok(Some(n))
+            Ok(n)
+        });
+        let n = match read {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            match to.try_write(&scratch[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(0)),
-        Err(e) => Err(e),
+        // The scratch buffer is the worker's: what is left moves out of it
+        // before this task waits.
+        let rest = (sent < n).then(|| {
+            let mut buffer = spares.buffers.take();
+            buffer.clear();
+            buffer.extend_from_slice(&scratch[sent..n]);
+            buffer
+        });
+        (n, rest)
     };
-    buffers.give_back(buffer);
-    read
+    if let Some(buffer) = rest {
+        let written = write_all(to, &buffer).await;
+        spares.buffers.give_back(buffer);
+        written?;
+    }
+    Ok(Some(n))
+}
+
+/// Writes all of `bytes` to `to`, waiting for room as needed.
+async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        to.writable().await?;
+        match to.try_write(&bytes[sent..]) {
+            Ok(m) => sent += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Shuts both sockets down both ways, so pending waits on them return.
@@ -338,7 +406,7 @@ mod tests {
 
     #[test]
     fn it_should_reuse_pipes_and_size_them() {
-        let pool = PipePool::new(256 * 1024, 2, 8);
+        let pool = PipePool::new(256 * 1024, 2, 8, true);
         let (a, b) = (pool.take().unwrap(), pool.take().unwrap());
         assert!(a.capacity >= 65536);
         pool.give_back(a);
@@ -353,7 +421,7 @@ mod tests {
 
     #[test]
     fn it_should_refuse_pipes_beyond_its_budget() {
-        let pool = PipePool::new(65536, 0, 1);
+        let pool = PipePool::new(65536, 0, 1, true);
         let one = pool.take().unwrap();
         assert!(pool.take().unwrap_err().to_string().contains("all 1 pipes"));
         pool.give_back(one);
@@ -386,7 +454,7 @@ mod tests {
             });
             let (downstream, _) = front.accept().await.unwrap();
             let upstream = TcpStream::connect(echo_addr).await.unwrap();
-            let (pool, buffers) = (PipePool::new(65536, 0, 0), BufferPool::new(4096, 1));
+            let (pool, buffers) = (PipePool::new(65536, 0, 0, true), BufferPool::new(4096, 1));
             let (rx, tx) = (Counter::default(), Counter::default());
             let (_drain_tx, drain) = watch::channel(false);
             let meters = Meters { rx: &rx, tx: &tx };

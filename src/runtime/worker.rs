@@ -94,9 +94,10 @@ async fn serve(mut plan: WorkerPlan) {
         BufferPool::new(plan.buffer_size, POOLED_BUFFERS),
         drain_rx,
         plan.access_log,
-        plan.forward
-            .splices()
-            .then(|| PipePool::new(plan.pipe_size, POOLED_BUFFERS, plan.max_pipes)),
+        plan.forward.splices().then(|| {
+            let small_first = plan.forward == ForwardMode::Auto;
+            PipePool::new(plan.pipe_size, POOLED_BUFFERS, plan.max_pipes, small_first)
+        }),
     ));
     let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
     let mut stopped: Vec<JoinHandle<()>> = Vec::new();
