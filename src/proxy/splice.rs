@@ -13,7 +13,12 @@
 //! "no data" and one from pipe → socket only "no room", which is what
 //! readiness is cleared for. An idle connection holds no pipe: two
 //! descriptors, no pipe pages. Out of descriptors for a pipe, a chunk is
-//! copied through a pooled buffer instead, so no connection fails for it.
+//! copied instead, so no connection fails for it.
+//!
+//! With `forward = "auto"` each direction starts by copying through the
+//! worker's 16 KiB scratch buffer (a recv and a send cost less than two
+//! splices for small messages) and splices once a read fills it, until a
+//! splice moves less than that again.
 
 use super::buffers::BufferPool;
 use super::forward::{Direction, Meters, Outcome, Pumped, Shared, drive};
