@@ -100,7 +100,7 @@ impl PipePool {
             open: Cell::new(0),
             free: RefCell::new(Vec::new()),
             small_first,
-            scratch: RefCell::new(Vec::new()),
+            scratch: RefCell::new(vec![0; SMALL]),
         }
     }
 
@@ -276,10 +276,12 @@ enum Spliced {
 /// a copy (see [`Spliced::Unspliced`]).
 async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Spliced> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    let mut drained = 0;
     let mut unspliced = false;
-    let filled = from.try_io(Interest::READABLE, || {
-        let n = match splice(from, None, &pipe.write, None, pipe.capacity, flags) {
+    // Every pipe slot holds at least a byte, so a fill of fewer bytes than
+    // the pipe has slots did not stop on a full pipe: it took all the
+    // socket had.
+    let filled = read_draining(from, pipe.slots, || {
+        match splice(from, None, &pipe.write, None, pipe.capacity, flags) {
             // splice(2) stops at TCP urgent data's mark and never passes it:
             // it answers EAGAIN, or 0 once the FIN is in, while bytes wait
             // behind the mark (and FIONREAD counts only those before it).
@@ -289,26 +291,14 @@ async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Resu
             // EOF, and one per (now rare) EAGAIN.
             Ok(0) | Err(rustix::io::Errno::AGAIN) => {
                 unspliced = true;
-                return Ok(0);
+                Ok(0)
             }
-            n => n?,
-        };
-        if n > 0 && n < pipe.slots {
-            // Every pipe slot holds at least a byte, so a fill this short
-            // did not stop on a full pipe: it took all the socket had. Clear
-            // the readiness now (a WouldBlock does), as tokio's own
-            // `poll_read` does after a short read, instead of paying for a
-            // splice that can only say EAGAIN. Data arriving after this is
-            // a new edge; an EOF seen already stays (closed is kept).
-            drained = n;
-            return Err(io::ErrorKind::WouldBlock.into());
+            n => Ok(n?),
         }
-        Ok(n)
     });
     let n = match filled {
         Ok(_) if unspliced => return Ok(Spliced::Unspliced),
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Spliced::Chunk(0)),
         Err(e) => return Err(e),
     };
@@ -341,20 +331,12 @@ async fn copy_small(
 ) -> io::Result<Option<usize>> {
     let (n, rest) = {
         let mut scratch = spares.pool.scratch.borrow_mut();
-        scratch.resize(SMALL, 0);
-        let mut drained = 0;
-        let read = from.try_io(Interest::READABLE, || {
-            let (n, _) = recv(from, &mut scratch[..], RecvFlags::empty())?;
-            if n > 0 && n < SMALL {
-                drained = n;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
+        let read = read_draining(from, SMALL, || {
+            Ok(recv(from, &mut scratch[..], RecvFlags::empty())?.0)
         });
         let n = match read {
             Ok(0) => return Ok(None),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
             Err(e) => return Err(e),
         };
@@ -382,6 +364,33 @@ async fn copy_small(
         written?;
     }
     Ok(Some(n))
+}
+
+/// Runs `read` (one non-blocking read from `from`) if `from` is marked
+/// readable. A read of 1 to `below - 1` bytes took all the socket had, so
+/// the readiness is cleared right there (a `WouldBlock` from the closure
+/// does), as tokio's own `poll_read` does after a short read, instead of
+/// paying for a read that can only say EAGAIN. Data arriving later is a new
+/// edge; an EOF seen already stays set (tokio keeps "closed" readiness).
+/// `Err(WouldBlock)`: nothing was read.
+fn read_draining(
+    from: &TcpStream,
+    below: usize,
+    read: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut drained = 0;
+    let result = from.try_io(Interest::READABLE, || {
+        let n = read()?;
+        if n > 0 && n < below {
+            drained = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => Ok(drained),
+        other => other,
+    }
 }
 
 /// Writes all of `bytes` to `to`, waiting for room as needed.
