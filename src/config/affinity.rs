@@ -26,12 +26,30 @@ impl fmt::Display for CpuAffinity {
         match self {
             CpuAffinity::Auto => f.write_str("auto"),
             CpuAffinity::Off => f.write_str("off"),
-            CpuAffinity::Cpus(cpus) => {
-                let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
-                f.write_str(&list.join(","))
-            }
+            CpuAffinity::Cpus(cpus) => f.write_str(&cpu_list(cpus)),
         }
     }
+}
+
+/// CPU numbers as a list with runs joined into ranges: `0-3,8`.
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i + 1 {
+            format!("{}-{}", cpus[i], cpus[j])
+        } else if j == i + 1 {
+            format!("{},{}", cpus[i], cpus[j])
+        } else {
+            cpus[i].to_string()
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 /// Parses `"auto"`, `"off"` or a CPU list (`"0-3,8"`: numbers and
@@ -87,6 +105,17 @@ mod tests {
             Ok(CpuAffinity::Cpus(vec![0, 1, 2, 8]))
         );
         assert_eq!(parse_cpu_affinity("5", 1024).unwrap().to_string(), "5");
+        assert_eq!(
+            parse_cpu_affinity("8,0-3", 1024).unwrap().to_string(),
+            "8,0-3"
+        );
+    }
+
+    #[test]
+    fn it_should_write_runs_of_cpus_as_ranges() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 8]), "0-3,8");
+        assert_eq!(cpu_list(&[0, 1, 5, 7, 8, 9]), "0,1,5,7-9");
+        assert_eq!(cpu_list(&[]), "");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod error;
 pub mod file;
 mod validate;
 
-pub use affinity::{CpuAffinity, parse_cpu_affinity};
+pub use affinity::{CpuAffinity, cpu_list, parse_cpu_affinity};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
 pub use validate::MAX_DURATION;

@@ -1,7 +1,7 @@
 //! Pins each worker thread to its CPU (`runtime.cpu_affinity`), as nginx's
 //! `worker_cpu_affinity auto` and HAProxy's `cpu-map` do.
 
-use crate::config::CpuAffinity;
+use crate::config::{CpuAffinity, cpu_list as list};
 use rustix::process::getpid;
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
@@ -92,27 +92,6 @@ pub fn pin_current_thread(index: usize, cpu: usize) {
     }
 }
 
-/// CPU numbers as a list with runs joined: `0-3,8`.
-fn list(cpus: &[usize]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let mut j = i;
-        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
-            j += 1;
-        }
-        parts.push(if j > i + 1 {
-            format!("{}-{}", cpus[i], cpus[j])
-        } else if j == i + 1 {
-            format!("{},{}", cpus[i], cpus[j])
-        } else {
-            cpus[i].to_string()
-        });
-        i = j + 1;
-    }
-    parts.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,13 +112,6 @@ mod tests {
         // A list is the operator's choice, and is honoured.
         let listed = CpuAffinity::Cpus(vec![2, 3]);
         assert_eq!(assign(&listed, &[0, 1, 2, 3], 2).0, vec![Some(2), Some(3)]);
-    }
-
-    #[test]
-    fn it_should_write_runs_of_cpus_as_ranges() {
-        assert_eq!(list(&[0, 1, 2, 3, 8]), "0-3,8");
-        assert_eq!(list(&[0, 1, 5, 7, 8, 9]), "0,1,5,7-9");
-        assert_eq!(list(&[]), "");
     }
 
     #[test]
