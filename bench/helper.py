@@ -9,7 +9,9 @@ Subcommands:
   stop ENTRY...             SIGTERM the roots, wait up to 5 s for their whole
                             trees to exit, then SIGKILL what is left
   iperf FILE                parse iperf3 -J output: "GBIT_PER_S BYTES"
-  wrk FILE                  parse wrk --latency output: "REQ_PER_S P99_US ERRORS"
+  wrk FILE                  parse wrk --latency output: "REQ_PER_S P99_US ERRORS REQUESTS"
+  busy                      CPU seconds all CPUs have been busy since boot
+                            (/proc/stat: everything but idle and iowait)
   ping FILE                 parse pingpong client output: "P50_US P99_US"
   report TSV MD JSON        median table from the raw results; meta from env
 
@@ -49,7 +51,8 @@ def parse_wrk(path):
         text = f.read()
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
     p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
-    if not rps or not p99:
+    total = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    if not rps or not p99 or not total:
         sys.exit(f"cannot parse wrk output: {text[-300:]!r}")
     errors = 0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
@@ -58,7 +61,18 @@ def parse_wrk(path):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if non2xx:
         errors += int(non2xx.group(1))
-    print(f"{float(rps.group(1)):.1f} {float(p99.group(1)) * UNITS_US[p99.group(2)]:.1f} {errors}")
+    p99_us = float(p99.group(1)) * UNITS_US[p99.group(2)]
+    print(f"{float(rps.group(1)):.1f} {p99_us:.1f} {errors} {total.group(1)}")
+
+
+def busy_seconds():
+    """CPU seconds all CPUs have spent busy since boot: every /proc/stat
+    column of the "cpu" line but idle and iowait (guest time is already in
+    user and nice)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_ping(path):
@@ -82,7 +96,11 @@ METRICS = [
     ("ping_p50_us", "64 B ping-pong p50", "µs", -1, "{:.1f}"),
     ("ping_p99_us", "64 B ping-pong p99", "µs", -1, "{:.1f}"),
     ("cpu_s_per_gb", "proxy CPU per GB (iperf3)", "CPU s/GB", -1, "{:.3f}"),
+    ("ka_proxy_cpu_us", "proxy CPU per keep-alive request", "CPU µs", -1, "{:.1f}"),
+    ("ka_machine_cpu_us", "machine CPU per keep-alive request", "CPU µs", -1, "{:.1f}"),
 ]
+# Metrics of the proxy alone: nothing to show for direct.
+PROXY_ONLY = ("cpu_s_per_gb", "ka_proxy_cpu_us")
 HAPROXIES = ("haproxy", "haproxy-splice")
 
 
@@ -121,7 +139,7 @@ def report(tsv, md_path, json_path):
 
     def cell(proxy, key, fmt):
         vals = values.get(proxy, {}).get(key, [])
-        if proxy == "direct" and key == "cpu_s_per_gb":
+        if proxy == "direct" and key in PROXY_ONLY:
             return "n/a"
         if not vals:
             return "failed"
@@ -148,7 +166,7 @@ def report(tsv, md_path, json_path):
         mine = medians.get(subject, {}).get(key)
         if ratio_direct:
             base = medians.get("direct", {}).get(key)
-            if key == "cpu_s_per_gb" or mine is None or not base:
+            if key in PROXY_ONLY or mine is None or not base:
                 row.append("n/a")
             else:
                 ratios.setdefault(key, {})["direct"] = mine / base
@@ -185,6 +203,14 @@ def report(tsv, md_path, json_path):
         "Proxy CPU per GB: user+system CPU seconds of all the proxy's processes "
         "(every thread, nginx master and workers) during both iperf3 runs, divided "
         "by the GB (1e9 bytes) the iperf3 server received.")
+    notes.append(
+        "CPU per keep-alive request: CPU time during the keep-alive wrk run divided by "
+        "the requests wrk completed; \"proxy\" counts the proxy's processes as above, "
+        "\"machine\" every busy CPU (/proc/stat: all but idle and iowait), so it holds "
+        "wrk, the backend, the proxy and the kernel's network work they cause. Direct's "
+        "machine figure is what the client and backend cost alone; on a machine that "
+        "direct already keeps busy, direct's ÷ a proxy's machine figure bounds that "
+        "proxy's keep-alive req/s ratio to direct.")
     err_lines = []
     for r in runs:
         if r["metric"].endswith("_errors") and r["value"]:
@@ -193,7 +219,8 @@ def report(tsv, md_path, json_path):
         notes.append("wrk socket errors / non-2xx responses: " + "; ".join(err_lines) + ".")
     notes.append(
         "Client, backends and proxies all share the same machine "
-        f"({env.get('BENCH_META_NPROC')} CPUs, loopback only, no CPU pinning), so "
+        f"({env.get('BENCH_META_NPROC')} CPUs, loopback only; nothing is pinned but "
+        "l4mesh's workers, by its default cpu_affinity), so "
         "absolute figures are low and noisy; compare the columns, not the numbers "
         "with other machines.")
 
@@ -235,6 +262,7 @@ def main():
         iperf=lambda args: parse_iperf(args[0]),
         wrk=lambda args: parse_wrk(args[0]),
         ping=lambda args: parse_ping(args[0]),
+        busy=lambda args: print(f"{busy_seconds():.2f}"),
         report=lambda args: report(*args),
     ))
 

@@ -358,18 +358,29 @@ run_throughput() {
   fi
 }
 
-# wrk through proxy $1 (repeat $2), mode $3: ka (keep-alive) or close.
+# wrk through proxy $1 (repeat $2), mode $3: ka (keep-alive) or close. For
+# keep-alive, also the CPU per request: the proxy's, and the whole machine's.
 run_wrk() {
-  local name=$1 r=$2 mode=$3 out="$WORK/logs/r$2-$1-wrk-$3.txt" res rps p99 errors
-  local args=(-t1 -c50 -d"${DUR}s" --latency)
+  local name=$1 r=$2 mode=$3 out="$WORK/logs/r$2-$1-wrk-$3.txt" res rps p99 errors requests
+  local args=(-t1 -c50 -d"${DUR}s" --latency) cpu0=0 cpu1=0 busy0 busy1
   [[ $mode == close ]] && args+=(-H 'Connection: close')
+  [[ $name == direct ]] || cpu0=$(python3 "$HELPER" cpu "${ENTRY[$name]}")
+  busy0=$(python3 "$HELPER" busy)
   if timeout --foreground $((DUR + 20)) wrk "${args[@]}" "http://127.0.0.1:${PORT[$name/http]}/" \
       >"$out" 2>&1 && res=$(python3 "$HELPER" wrk "$out" 2>>"$WORK/logs/errors.log"); then
-    read -r rps p99 errors <<<"$res"
+    busy1=$(python3 "$HELPER" busy)
+    [[ $name == direct ]] || cpu1=$(python3 "$HELPER" cpu "${ENTRY[$name]}")
+    read -r rps p99 errors requests <<<"$res"
     record "$r" "$name" "wrk_${mode}_rps" "$rps"
     record "$r" "$name" "wrk_${mode}_p99_us" "$p99"
     record "$r" "$name" "wrk_${mode}_errors" "$errors"
     log "  $name wrk $mode: $rps req/s, p99 $p99 us, $errors errors"
+    if [[ $mode == ka ]] && ((requests > 0)); then
+      record "$r" "$name" ka_machine_cpu_us \
+        "$(python3 -c "print(f'{($busy1 - $busy0) * 1e6 / $requests:.2f}')")"
+      [[ $name == direct ]] || record "$r" "$name" ka_proxy_cpu_us \
+        "$(python3 -c "print(f'{($cpu1 - $cpu0) * 1e6 / $requests:.2f}')")"
+    fi
   else
     record "$r" "$name" "wrk_${mode}_rps" nan
     record "$r" "$name" "wrk_${mode}_p99_us" nan
