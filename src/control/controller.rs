@@ -204,11 +204,9 @@ impl Controller {
     /// Builds the next snapshot from the config and registrations, and
     /// publishes it.
     fn publish(&self) -> u64 {
-        let table = self.proxy.table();
-        let next = Snapshot::build(&self.config, &self.registrations, Some(&table.load()));
-        let generation = next.generation;
-        table.store(Arc::new(next));
-        generation
+        let previous = self.proxy.table().load();
+        let next = Snapshot::build(&self.config, &self.registrations, Some(&previous));
+        self.proxy.publish(next)
     }
 
     fn reload(&mut self, force: bool) -> Result<String, String> {

@@ -1,8 +1,9 @@
 //! The `l4mesh-health` thread: one small current-thread tokio runtime, off
 //! the workers, that runs every active probe and ends ejections when due.
 //!
-//! Every 50 ms it loads the routing table; when the generation changed, it
-//! starts a probe task for each endpoint of a service with
+//! It loads the routing table whenever one is published; when the
+//! generation changed, it starts a probe task for each endpoint of a service
+//! with
 //! `[services.NAME.health]` that has none, and stops the tasks of endpoints
 //! that left (or whose service's check settings changed, which restarts
 //! them). A task probes its endpoint first after a random share of the
@@ -10,7 +11,12 @@
 //! every interval ±10%. Verdict changes are written into the endpoint's
 //! [`EndpointHealth`](super::EndpointHealth), which workers read when they
 //! pick, and logged: `warn` when an endpoint goes down, `info` when it comes
-//! up. One thread and async probes: a thousand endpoints probed every
+//! up. Between tables it sleeps until the first ejection is due to end, or,
+//! while a service has outlier detection and nothing is ejected, for that
+//! service's shortest `base_ejection` (an ejection that starts meanwhile is
+//! seen before it can end); with neither, only a new table wakes it. So an
+//! idle proxy without checks costs no wake-ups. One thread and async
+//! probes: a thousand endpoints probed every
 //! second cost a thousand short connects, never a thousand threads, and a
 //! silent endpoint holds nothing but its own task until its timeout.
 
@@ -29,7 +35,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle as TaskHandle;
 use tokio::time::Instant;
 
-/// How often the thread looks for table changes and due re-admissions.
+/// The shortest sleep between looks at ejections: how late a re-admission
+/// may be at worst.
 const TICK: Duration = Duration::from_millis(50);
 
 /// The running health thread.
@@ -39,15 +46,20 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Starts the thread; it runs until `stop` turns true (or its sender is
-    /// dropped). Fails if the runtime or the thread cannot be created.
-    pub fn start(table: Table, stop: watch::Receiver<bool>) -> io::Result<Checker> {
+    /// Starts the thread; it runs until `stop` turns true (or either
+    /// sender is dropped). `published` carries the generation of each table
+    /// published. Fails if the runtime or the thread cannot be created.
+    pub fn start(
+        table: Table,
+        published: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<Checker> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = std::thread::Builder::new()
             .name("l4mesh-health".into())
-            .spawn(move || runtime.block_on(supervise(table, stop)))?;
+            .spawn(move || runtime.block_on(supervise(table, published, stop)))?;
         Ok(Checker { thread })
     }
 
@@ -68,7 +80,11 @@ struct Running {
 
 type Key = (String, SocketAddr);
 
-async fn supervise(table: Table, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    table: Table,
+    mut published: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut seen = 0;
     loop {
@@ -77,15 +93,51 @@ async fn supervise(table: Table, mut stop: watch::Receiver<bool>) {
             seen = snapshot.generation;
             reconcile(&snapshot, &mut running);
         }
-        readmit(&snapshot, monotonic_ms());
+        let now_ms = monotonic_ms();
+        readmit(&snapshot, now_ms);
+        let wait = next_look(&snapshot, now_ms).map(|wait| wait.max(TICK));
+        drop(snapshot);
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
+            _ = sleep_for(wait) => {}
+            changed = published.changed() => {
+                if changed.is_err() {
+                    break; // The proxy is gone.
+                }
+            }
             _ = stop.wait_for(|stopping| *stopping) => break,
         }
     }
     for r in running.values() {
         r.task.abort();
     }
+}
+
+/// Sleeps for `wait`, or forever when `None`.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long the thread may sleep at `now_ms` before it must look at
+/// ejections again (`None`: until a new table comes): until the first
+/// current ejection ends, and at most the shortest `base_ejection` of a
+/// service with outlier detection, so that an ejection a worker starts
+/// meanwhile is seen before it ends.
+fn next_look(snapshot: &Snapshot, now_ms: u64) -> Option<Duration> {
+    snapshot
+        .services
+        .values()
+        .flat_map(|service| {
+            let watch = service.outlier.as_ref().map(|o| o.base_ejection);
+            let ends = service
+                .members
+                .iter()
+                .filter_map(move |m| m.endpoint.health.ejected_for(now_ms));
+            watch.into_iter().chain(ends)
+        })
+        .min()
 }
 
 /// Starts, keeps or stops probe tasks to match `snapshot`.

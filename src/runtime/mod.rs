@@ -75,6 +75,8 @@ impl StopHandle {
 #[derive(Debug)]
 pub struct ProxyControl {
     table: Table,
+    /// The generation last published, for the health thread to wait on.
+    published: watch::Sender<u64>,
     stop: StopHandle,
     listeners: Mutex<Listeners>,
     bound: BoundAddrs,
@@ -84,6 +86,15 @@ impl ProxyControl {
     /// The published routing table.
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// Publishes `next` to the workers (connections already open keep the
+    /// snapshot they started with) and wakes the health thread for it.
+    pub fn publish(&self, next: Snapshot) -> u64 {
+        let generation = next.generation;
+        self.table.store(Arc::new(next));
+        self.published.send_replace(generation);
+        generation
     }
 
     /// Binds what `wanted` adds or moves; see [`Listeners::prepare`].
@@ -150,6 +161,7 @@ impl Proxy {
         let plan = listeners.prepare(&config.listeners)?;
         listeners.commit(plan);
         let snapshot = Snapshot::build(config, &Registrations::default(), None);
+        let (published, published_rx) = watch::channel(snapshot.generation);
         let table: Table = Arc::new(ArcSwap::from_pointee(snapshot));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = StopHandle(Arc::new(stop_tx));
@@ -187,7 +199,7 @@ impl Proxy {
                 return Err(StartError::Worker { index, source });
             }
         }
-        let health = match Checker::start(Arc::clone(&table), stop_rx) {
+        let health = match Checker::start(Arc::clone(&table), published_rx, stop_rx) {
             Ok(health) => health,
             Err(e) => {
                 stop.stop();
@@ -199,6 +211,7 @@ impl Proxy {
         Ok(Proxy {
             control: Arc::new(ProxyControl {
                 table,
+                published,
                 stop,
                 listeners: Mutex::new(listeners),
                 bound,

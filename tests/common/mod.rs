@@ -204,6 +204,38 @@ impl Binary {
         assert!(status.success());
     }
 
+    /// Each thread's name and how many times it has been switched out so
+    /// far (voluntary and involuntary context switches): every wake-up
+    /// counts one.
+    pub fn context_switches(&self) -> Vec<(String, u64)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir(tasks).unwrap() {
+            let dir = task.unwrap().path();
+            let (Ok(name), Ok(status)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue; // The thread ended meanwhile.
+            };
+            let switches = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .map(|l| {
+                    l.rsplit('\t')
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap()
+                })
+                .sum();
+            threads.push((name.trim().to_string(), switches));
+        }
+        threads.sort();
+        threads
+    }
+
     /// CPU seconds (user + system) the process has used.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
