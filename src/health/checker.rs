@@ -2,9 +2,8 @@
 //! the workers, that runs every active probe and ends ejections when due.
 //!
 //! It loads the routing table whenever one is published; when the
-//! generation changed, it starts a probe task for each endpoint of a service
-//! with
-//! `[services.NAME.health]` that has none, and stops the tasks of endpoints
+//! generation changed, it starts a probe task for each endpoint of a
+//! service with `[services.NAME.health]` that has none, and stops the tasks of endpoints
 //! that left (or whose service's check settings changed, which restarts
 //! them). A task probes its endpoint first after a random share of the
 //! interval (at once for an endpoint waiting for its first check), then
@@ -16,8 +15,8 @@
 //! service's shortest `base_ejection` (an ejection that starts meanwhile is
 //! seen before it can end); with neither, only a new table wakes it. So an
 //! idle proxy without checks costs no wake-ups. One thread and async
-//! probes: a thousand endpoints probed every
-//! second cost a thousand short connects, never a thousand threads, and a
+//! probes: a thousand endpoints probed every second cost a thousand short
+//! connects, never a thousand threads, and a
 //! silent endpoint holds nothing but its own task until its timeout.
 
 use super::probe::probe;
