@@ -150,11 +150,15 @@ fn it_should_keep_serving_without_spinning_when_out_of_file_descriptors() {
 
 /// With no health checks, outlier detection or clients, no thread has
 /// anything to do, so none wakes up (the health thread used to look at the
-/// table every 50 ms); with outlier detection on, the health thread looks
-/// once per `base_ejection` while nothing is ejected.
+/// table every 50 ms, the access-log writer every 200 ms); with outlier
+/// detection on, the health thread looks once per `base_ejection` while
+/// nothing is ejected.
 #[test]
 fn it_should_not_wake_up_while_idle() {
-    let quiet = Binary::start(&config_text(&[(echo_backend(), 1)], ""), &[]);
+    let quiet = Binary::start(
+        &(config_text(&[(echo_backend(), 1)], "") + "[access_log]\npath = \"stderr\"\n"),
+        &[],
+    );
     let watching = Binary::start(
         &(config_text(&[(echo_backend(), 1)], "")
             + "[services.web.outlier]\nbase_ejection = \"1s\"\n"),

@@ -266,6 +266,43 @@ fn it_should_log_one_parsable_line_per_connection_with_how_it_ended() {
     assert!(dead_line["endpoint"].is_null());
 }
 
+/// What SIGUSR1 does after logrotate moved the file away: the writer opens
+/// the path again, so later lines go to a new file and none is lost.
+#[test]
+fn it_should_reopen_the_access_log_after_it_was_moved_away() {
+    let dir = TempDir::new();
+    let (log_path, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+    let extra = format!(
+        "[access_log]\npath = \"{}\"\nformat = \"logfmt\"\n",
+        log_path.display()
+    );
+    let served = Served::start(&config(&endpoint_list(&[echo_backend()]), &extra));
+    let round_trip = |text: &str| {
+        let mut c = TcpStream::connect(served.addr("web")).unwrap();
+        c.write_all(text.as_bytes()).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_all(&mut c), text);
+    };
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    round_trip("one");
+    eventually(Duration::from_secs(5), "the first line", || {
+        read(&log_path).contains(" rx_bytes=3 ")
+    });
+    std::fs::rename(&log_path, &rotated).unwrap();
+    served.server.access_log().unwrap().reopen();
+    eventually(Duration::from_secs(5), "the file opened again", || {
+        log_path.exists()
+    });
+    round_trip("three");
+    eventually(
+        Duration::from_secs(5),
+        "the second line, in the new file",
+        || read(&log_path).contains(" rx_bytes=5 "),
+    );
+    assert_eq!(read(&rotated).lines().count(), 1, "{}", read(&rotated));
+    assert_eq!(read(&log_path).lines().count(), 1, "{}", read(&log_path));
+}
+
 #[test]
 fn it_should_mark_connections_closed_by_a_drain_in_the_access_log() {
     let dir = TempDir::new();

@@ -2,10 +2,12 @@
 //! stderr or a file. Workers hand records to a writer thread through a
 //! bounded channel and never wait: when the writer falls behind, records
 //! are dropped and counted. The file is buffered, flushed when the channel
-//! runs dry, and reopened on request (SIGUSR1, for logrotate).
+//! runs dry, and reopened on request (SIGUSR1, for logrotate). The writer
+//! sleeps until there is something to write or reopen: an idle proxy's log
+//! thread never wakes.
 
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -15,6 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the writer thread is handed.
+#[derive(Debug)]
+enum Entry {
+    /// A line to write.
+    Record(Record),
+    /// Reopen the file (the flag says so too, in case the queue was full).
+    Reopen,
+}
 
 /// Records waiting for the writer; more are dropped.
 const QUEUE: usize = 65536;
@@ -128,7 +139,7 @@ fn logfmt_value(value: &str) -> String {
 /// Hands records to the writer; cheap to clone, one per worker.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    records: Sender<Record>,
+    records: Sender<Entry>,
     dropped: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
 }
@@ -159,7 +170,7 @@ impl AccessLog {
     /// writer is behind.
     pub fn record(&self, record: Record) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.records.try_send(record)
+            self.records.try_send(Entry::Record(record))
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -173,6 +184,9 @@ impl AccessLog {
     /// Asks the writer to reopen its file (after logrotate moved it).
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Relaxed);
+        // Wakes the writer; with the queue full it is awake anyway and sees
+        // the flag once it has written what is queued.
+        let _ = self.records.try_send(Entry::Reopen);
     }
 }
 
@@ -187,14 +201,18 @@ fn open(path: &Path) -> io::Result<BufWriter<File>> {
 }
 
 fn write_lines(
-    queue: Receiver<Record>,
+    queue: Receiver<Entry>,
     mut sink: Sink,
     format: AccessLogFormat,
     reopen: &AtomicBool,
 ) {
-    loop {
-        match queue.recv_timeout(Duration::from_millis(200)) {
-            Ok(record) => {
+    // Sleeps until the first entry; then writes everything queued, flushes
+    // once, and reopens if asked. Ends when every sender is gone.
+    while let Ok(first) = queue.recv() {
+        // At most a queue's worth per round, so a reopen is not put off for
+        // as long as records keep coming.
+        for entry in std::iter::once(first).chain(queue.try_iter().take(QUEUE)) {
+            if let Entry::Record(record) = entry {
                 let mut line = record.format(format);
                 line.push('\n');
                 let written = match &mut sink {
@@ -204,14 +222,6 @@ fn write_lines(
                 if let Err(e) = written {
                     log::warn!("access log: cannot write: {e}");
                 }
-                if !queue.is_empty() {
-                    continue;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                flush(&mut sink);
-                return;
             }
         }
         flush(&mut sink);
@@ -227,6 +237,7 @@ fn write_lines(
             }
         }
     }
+    flush(&mut sink);
 }
 
 fn flush(sink: &mut Sink) {
