@@ -1,18 +1,28 @@
-//! Watching the config file. The directory that holds it is watched (with
-//! inotify, through the `notify` crate), not the file itself, so every way a
-//! file really changes is seen: an in-place write, an editor's
-//! write-temp-then-rename, and a Kubernetes ConfigMap's `..data` symlink
-//! swap. Events are debounced (an editor's save is several events: 100 ms of
-//! quiet, but never more than 500 ms after the first, so a file rewritten
-//! constantly is still read) and then the controller re-reads the file,
-//! skipping it if the content is unchanged.
-//! Where inotify is unavailable, the directory is polled every 500 ms.
+//! Watching the config file. The directory that holds it is watched with
+//! inotify, not the file itself, so every way a file really changes is seen:
+//! an in-place write, an editor's write-temp-then-rename, and a Kubernetes
+//! ConfigMap's `..data` symlink swap. Events are debounced (an editor's save
+//! is several events: 100 ms of quiet, but never more than 500 ms after the
+//! first, so a file rewritten constantly is still read) and then the
+//! controller re-reads the file, skipping it if the content is unchanged.
+//!
+//! Only events that end a change are asked for: a closed write (so an
+//! in-place write is read after it, never between its truncate and its
+//! write), a create, a removal, a rename, a metadata change. Opens, reads
+//! and data writes are not, so a busy file next to the config (an access
+//! log, say) wakes nothing. Where inotify is unavailable, the file's
+//! metadata is polled every 500 ms.
 
 use super::controller::ControlHandle;
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-use notify::{Event, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
+use crossbeam_channel::Sender;
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -27,17 +37,24 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 #[error("cannot watch {dir:?} for changes to the config file: {source}")]
 pub struct WatchError {
     dir: PathBuf,
-    source: notify::Error,
+    source: io::Error,
 }
 
-/// Watches the config file while alive.
+/// Watches the config file while alive; dropping it ends the watch.
+#[derive(Debug)]
 pub struct ConfigWatcher {
-    _watcher: Box<dyn Watcher + Send>,
+    stop: Arc<AtomicBool>,
+    /// The inotify descriptor and watch, when not polling: removing the
+    /// watch wakes the reading thread so it can see `stop`.
+    inotify: Option<(Arc<OwnedFd>, i32)>,
 }
 
-impl std::fmt::Debug for ConfigWatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConfigWatcher")
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some((fd, wd)) = &self.inotify {
+            let _ = inotify::remove_watch(fd.as_ref(), *wd);
+        }
     }
 }
 
@@ -49,7 +66,12 @@ impl ConfigWatcher {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let fail = |source: io::Error| WatchError {
+            dir: dir.clone(),
+            source,
+        };
         let (events, debounced) = crossbeam_channel::unbounded::<()>();
+        // Ends when the event source's thread ends and drops `events`.
         std::thread::Builder::new()
             .name("l4mesh-watch".into())
             .spawn(move || {
@@ -59,83 +81,186 @@ impl ConfigWatcher {
                     control.request_reload(false);
                 }
             })
-            .map_err(|e| WatchError {
-                dir: dir.clone(),
-                source: notify::Error::io(e),
-            })?;
-        let polled = events.clone();
-        // With inotify, an in-place write is read once it is closed
-        // (IN_CLOSE_WRITE), never between its truncate and its write.
-        let inotify_handler = move |event: notify::Result<Event>| {
-            if event.is_ok_and(|e| marks_a_finished_change(&e.kind)) {
-                let _ = events.send(());
+            .map_err(&fail)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let inotify = match watch_directory(&dir) {
+            Ok((fd, wd)) => {
+                let (reader, stopped) = (Arc::clone(&fd), Arc::clone(&stop));
+                let shown = dir.display().to_string();
+                std::thread::Builder::new()
+                    .name("l4mesh-inotify".into())
+                    .spawn(move || read_events(&reader, &shown, &events, &stopped))
+                    .map_err(&fail)?;
+                Some((fd, wd))
             }
-        };
-        let handler = move |event: notify::Result<Event>| {
-            if event.is_ok() {
-                let _ = polled.send(());
-            }
-        };
-        let inotify = RecommendedWatcher::new(inotify_handler, notify::Config::default())
-            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-        let watcher: Box<dyn Watcher + Send> = match inotify {
-            Ok(watcher) => Box::new(watcher),
             Err(e) => {
                 log::warn!(
                     "inotify is unavailable ({e}); polling {} every {POLL_INTERVAL:?}",
-                    dir.display()
+                    path.display()
                 );
-                let config = notify::Config::default()
-                    .with_poll_interval(POLL_INTERVAL)
-                    .with_compare_contents(true);
-                let mut poll = PollWatcher::new(handler, config).map_err(|source| WatchError {
-                    dir: dir.clone(),
-                    source,
-                })?;
-                poll.watch(&dir, RecursiveMode::NonRecursive)
-                    .map_err(|source| WatchError {
-                        dir: dir.clone(),
-                        source,
-                    })?;
-                Box::new(poll)
+                let (path, stopped) = (path.to_path_buf(), Arc::clone(&stop));
+                std::thread::Builder::new()
+                    .name("l4mesh-poll".into())
+                    .spawn(move || poll(&path, &events, &stopped))
+                    .map_err(&fail)?;
+                None
             }
         };
-        Ok(ConfigWatcher { _watcher: watcher })
+        Ok(ConfigWatcher { stop, inotify })
     }
 }
 
-/// Whether an inotify event ends a change: a closed write, a create, a
-/// rename (editors, ConfigMap symlink swaps), a removal or a metadata change.
-/// Plain data writes and opens are skipped: the close that follows counts.
-fn marks_a_finished_change(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
-        _ => true,
+/// The events that end a change to an entry of the directory, and the
+/// directory's own removal or move.
+fn wanted() -> WatchFlags {
+    WatchFlags::CLOSE_WRITE
+        | WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::ATTRIB
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::ONLYDIR
+}
+
+/// An inotify descriptor (blocking reads) watching `dir`, and the watch.
+fn watch_directory(dir: &Path) -> io::Result<(Arc<OwnedFd>, i32)> {
+    let fd = inotify::init(CreateFlags::CLOEXEC)?;
+    let wd = inotify::add_watch(&fd, dir, wanted())?;
+    Ok((Arc::new(fd), wd))
+}
+
+/// What one inotify event means for the watch.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Something in the directory changed (or events were lost): reload.
+    Change,
+    /// The directory itself was removed or moved away.
+    DirectoryGone,
+    /// The watch was removed (the watcher was dropped, or the directory is
+    /// gone): stop reading.
+    WatchEnded,
+}
+
+fn classify(flags: ReadFlags) -> Seen {
+    if flags.contains(ReadFlags::IGNORED) {
+        Seen::WatchEnded
+    } else if flags.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF) {
+        Seen::DirectoryGone
+    } else {
+        Seen::Change
+    }
+}
+
+/// Reads events until the watch ends, sending one reload request per event.
+fn read_events(fd: &OwnedFd, dir: &str, events: &Sender<()>, stop: &AtomicBool) {
+    let mut buf = [MaybeUninit::uninit(); 4096];
+    let mut reader = inotify::Reader::new(fd, &mut buf);
+    loop {
+        let flags = match reader.next() {
+            Ok(event) => event.events(),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                log::warn!(
+                    "config watch on {dir} failed: {e}; edits are no longer seen (SIGHUP or \
+                     `l4mesh ctl reload` still reload)"
+                );
+                return;
+            }
+        };
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match classify(flags) {
+            Seen::Change => {
+                let _ = events.send(());
+            }
+            Seen::DirectoryGone => log::warn!(
+                "config directory {dir} was removed or moved away; edits are no longer seen \
+                 (SIGHUP or `l4mesh ctl reload` still reload)"
+            ),
+            Seen::WatchEnded => return,
+        }
+    }
+}
+
+/// What polling compares: where the path leads (following symlinks), and
+/// that file's size and times. `None` while it cannot be read.
+fn fingerprint(path: &Path) -> Option<(u64, u64, u64, SystemTime, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.modified().ok()?,
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// The fallback: compares the file's fingerprint every [`POLL_INTERVAL`].
+fn poll(path: &Path, events: &Sender<()>, stop: &AtomicBool) {
+    let mut last = fingerprint(path);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(POLL_INTERVAL);
+        let now = fingerprint(path);
+        if now != last {
+            last = now;
+            let _ = events.send(());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, RenameMode};
 
     #[test]
-    fn it_should_wait_for_the_close_of_an_in_place_write() {
-        assert!(!marks_a_finished_change(&EventKind::Modify(
-            ModifyKind::Data(DataChange::Any)
-        )));
-        assert!(!marks_a_finished_change(&EventKind::Access(
-            AccessKind::Open(AccessMode::Any)
-        )));
-        assert!(marks_a_finished_change(&EventKind::Access(
-            AccessKind::Close(AccessMode::Write)
-        )));
-        assert!(marks_a_finished_change(&EventKind::Modify(
-            ModifyKind::Name(RenameMode::To)
-        )));
-        assert!(marks_a_finished_change(&EventKind::Create(
-            CreateKind::File
-        )));
+    fn it_should_reload_on_changes_and_stop_when_the_watch_ends() {
+        assert_eq!(classify(ReadFlags::CLOSE_WRITE), Seen::Change);
+        assert_eq!(classify(ReadFlags::MOVED_TO), Seen::Change);
+        assert_eq!(classify(ReadFlags::QUEUE_OVERFLOW), Seen::Change);
+        assert_eq!(classify(ReadFlags::DELETE_SELF), Seen::DirectoryGone);
+        assert_eq!(classify(ReadFlags::IGNORED), Seen::WatchEnded);
+    }
+
+    /// Writes to a file next to the config are not asked for; closing a
+    /// write, creating and renaming are.
+    #[test]
+    fn it_should_only_see_events_that_end_a_change() {
+        let dir = std::env::temp_dir().join(format!("l4mesh-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (fd, wd) = watch_directory(&dir).unwrap();
+        let nonblocking = |fd: &OwnedFd| {
+            let flags = rustix::fs::fcntl_getfl(fd).unwrap();
+            rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK).unwrap();
+        };
+        nonblocking(&fd);
+        let drain = || {
+            let mut buf = [MaybeUninit::uninit(); 4096];
+            let mut reader = inotify::Reader::new(fd.as_ref(), &mut buf);
+            let mut seen = Vec::new();
+            while let Ok(event) = reader.next() {
+                seen.push(classify(event.events()));
+            }
+            seen
+        };
+        let mut log = std::fs::File::create(dir.join("access.log")).unwrap();
+        drain();
+        use std::io::Write;
+        for _ in 0..100 {
+            log.write_all(b"a line\n").unwrap();
+        }
+        assert!(drain().is_empty(), "plain writes woke the watcher");
+        drop(log);
+        assert_eq!(drain(), [Seen::Change]);
+        std::fs::write(dir.join("next.toml"), "x").unwrap();
+        std::fs::rename(dir.join("next.toml"), dir.join("l4mesh.toml")).unwrap();
+        assert!(drain().len() >= 3); // create, close_write, moved_from/to
+        inotify::remove_watch(fd.as_ref(), wd).unwrap();
+        assert_eq!(drain(), [Seen::WatchEnded]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
