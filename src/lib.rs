@@ -1,4 +1,5 @@
-//! l4mesh: a thread-per-core L4 TCP proxy on io_uring.
+//! l4mesh: a thread-per-core L4 TCP proxy: splice(2) on readiness, io_uring
+//! for its copy path.
 //!
 //! The binary in `main.rs` only parses arguments; everything else lives here so
 //! tests drive the real proxy: [`config`] turns a TOML file into validated

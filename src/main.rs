@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// A fast L4 TCP proxy for service meshes, on io_uring.
+/// A fast L4 TCP proxy for service meshes: zero-copy splice, io_uring copy path.
 #[derive(Debug, Parser)]
 #[command(
     version,

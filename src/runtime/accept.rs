@@ -83,7 +83,7 @@ pub async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 let (name, worker) = (Arc::clone(&name), Rc::clone(&worker));
-                tokio_uring::spawn(session::serve(client, peer, name, worker));
+                tokio::task::spawn_local(session::serve(client, peer, name, worker));
             }
             Err(e) => handle_error(&e, &name).await,
         }

@@ -42,8 +42,8 @@ pub enum StartError {
     /// The health-check thread could not be started.
     #[error("cannot start the health-check thread: {0}")]
     Health(io::Error),
-    /// A worker thread or its io_uring could not be created.
-    #[error("worker {index}: cannot start: {source} (is io_uring allowed here?)")]
+    /// A worker thread or its event loop could not be created.
+    #[error("worker {index}: cannot start: {source}")]
     Worker {
         /// The worker's index.
         index: usize,

@@ -1,6 +1,15 @@
-//! One worker thread: its own tokio-uring runtime (its own ring), one
-//! accept loop per listener on its own `SO_REUSEPORT` socket, and the
-//! connections it accepted, which live and die here.
+//! One worker thread: its own event loop, one accept loop per listener on
+//! its own `SO_REUSEPORT` socket, and the connections it accepted, which
+//! live and die here.
+//!
+//! The event loop depends on how bytes move. `forward = "copy"` moves them
+//! with io_uring ops, so that worker runs tokio-uring with its own ring.
+//! `auto` and `splice` do everything on readiness (accept, connect, splice,
+//! the small-chunk copy), so those workers run a plain tokio current-thread
+//! runtime: a ring there would do nothing but cost an `io_uring_enter` each
+//! time the worker parks (four per `Connection: close` request), and would
+//! stop l4mesh from starting where io_uring is refused (Docker's default
+//! seccomp profile, say).
 
 use super::accept::accept_loop;
 use super::listeners::ListenerChange;
@@ -12,6 +21,7 @@ use crate::proxy::session::WorkerState;
 use crate::proxy::splice::PipePool;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -56,7 +66,7 @@ pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
     if let Some(cpu) = plan.cpu {
         super::affinity::pin_current_thread(plan.index, cpu);
     }
-    let runtime = match new_runtime() {
+    let runtime = match Runtime::new(plan.forward) {
         Ok(runtime) => runtime,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -67,12 +77,46 @@ pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
     runtime.block_on(serve(plan));
 }
 
+/// A worker's event loop (see the module docs for which one and why).
+enum Runtime {
+    /// tokio-uring, for `forward = "copy"`.
+    Uring(tokio_uring::Runtime),
+    /// A tokio current-thread runtime and the set its tasks are spawned on
+    /// (tasks hold `Rc`s, so they stay on this thread).
+    Readiness(tokio::runtime::Runtime, tokio::task::LocalSet),
+}
+
+impl Runtime {
+    fn new(forward: ForwardMode) -> io::Result<Runtime> {
+        if !forward.splices() {
+            return new_uring().map(Runtime::Uring).map_err(|e| {
+                let why = format!(
+                    "cannot set up io_uring, which `forward = \"copy\"` needs: {e} (is io_uring \
+                     allowed here? `forward = \"auto\"` and `\"splice\"` do without it)"
+                );
+                io::Error::new(e.kind(), why)
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Runtime::Readiness(runtime, tokio::task::LocalSet::new()))
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        match self {
+            Runtime::Uring(runtime) => runtime.block_on(future),
+            Runtime::Readiness(runtime, local) => local.block_on(runtime, future),
+        }
+    }
+}
+
 /// A tokio-uring runtime whose ring is set up with COOP_TASKRUN (completions
 /// are handled when the worker next enters the kernel instead of
 /// interrupting it) and SINGLE_ISSUER (only this thread submits): together
 /// they cut the proxy's CPU per new connection by about 15% (docs/DESIGN.md).
 /// Kernels older than 6.0 lack them, so a plain ring is the fallback.
-fn new_runtime() -> io::Result<tokio_uring::Runtime> {
+fn new_uring() -> io::Result<tokio_uring::Runtime> {
     let tuned = tokio_uring::uring_builder()
         .setup_coop_taskrun()
         .setup_single_issuer()
@@ -109,7 +153,7 @@ async fn serve(mut plan: WorkerPlan) {
         match change {
             Some(ListenerChange::Add { name, socket }) => {
                 let (stop_tx, stop_rx) = watch::channel(false);
-                let task = tokio_uring::spawn(accept_loop(
+                let task = tokio::task::spawn_local(accept_loop(
                     socket,
                     Arc::from(name.as_str()),
                     Rc::clone(&worker),

@@ -121,6 +121,12 @@ impl Binary {
     /// Writes `text` to a config file in a temp dir and runs
     /// `prefix... l4mesh -c FILE`, waiting until listener `web` is up.
     pub fn start(text: &str, prefix: &[&str]) -> Binary {
+        Binary::start_with(text, prefix, |_| {})
+    }
+
+    /// [`Binary::start`], with `configure` applied to the command before it
+    /// is spawned.
+    pub fn start_with(text: &str, prefix: &[&str], configure: impl FnOnce(&mut Command)) -> Binary {
         let dir = std::env::temp_dir().join(format!(
             "l4mesh-test-{}-{}",
             std::process::id(),
@@ -138,13 +144,13 @@ impl Binary {
                 c
             }
         };
-        let mut child = command
+        command
             .arg("-c")
             .arg(&file)
             .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&lines);
