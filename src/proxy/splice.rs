@@ -1,6 +1,5 @@
 //! Zero-copy forwarding: socket → pipe → socket with `splice(2)`, driven by
-//! socket readiness on the worker's runtime (tokio-uring runs on a tokio
-//! current-thread runtime, so epoll readiness is there too).
+//! socket readiness on the worker's tokio current-thread runtime (epoll).
 //!
 //! Why not io_uring's own SPLICE op: the kernel runs it on io-wq worker
 //! threads, one per blocked splice, which measured no faster than copying
