@@ -10,11 +10,9 @@
 //! every interval ±10%. Verdict changes are written into the endpoint's
 //! [`EndpointHealth`](super::EndpointHealth), which workers read when they
 //! pick, and logged: `warn` when an endpoint goes down, `info` when it comes
-//! up. Between tables it sleeps until the first ejection is due to end, or,
-//! while a service has outlier detection and nothing is ejected, for that
-//! service's shortest `base_ejection` (an ejection that starts meanwhile is
-//! seen before it can end); with neither, only a new table wakes it. So an
-//! idle proxy without checks costs no wake-ups. One thread and async
+//! up. Between tables it sleeps until the first ejection is due to end;
+//! a new ejection ([`super::EJECTIONS`]) or a new table wakes it sooner. So
+//! an idle proxy costs no wake-ups. One thread and async
 //! probes: a thousand endpoints probed every second cost a thousand short
 //! connects, never a thousand threads, and a
 //! silent endpoint holds nothing but its own task until its timeout.
@@ -87,6 +85,11 @@ async fn supervise(
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut seen = 0;
     loop {
+        // Registered before the table is read, so an ejection made after
+        // the read still ends this wait.
+        let ejected = super::EJECTIONS.notified();
+        tokio::pin!(ejected);
+        ejected.as_mut().enable();
         let snapshot = table.load_full();
         if snapshot.generation != seen {
             seen = snapshot.generation;
@@ -98,6 +101,7 @@ async fn supervise(
         drop(snapshot);
         tokio::select! {
             _ = sleep_for(wait) => {}
+            _ = &mut ejected => {}
             changed = published.changed() => {
                 if changed.is_err() {
                     break; // The proxy is gone.
@@ -119,23 +123,14 @@ async fn sleep_for(wait: Option<Duration>) {
     }
 }
 
-/// How long the thread may sleep at `now_ms` before it must look at
-/// ejections again (`None`: until a new table comes): until the first
-/// current ejection ends, and at most the shortest `base_ejection` of a
-/// service with outlier detection, so that an ejection a worker starts
-/// meanwhile is seen before it ends.
+/// How long until the first current ejection ends (`None`: nothing is
+/// ejected, so only a new ejection or table can give the thread work).
 fn next_look(snapshot: &Snapshot, now_ms: u64) -> Option<Duration> {
     snapshot
         .services
         .values()
-        .flat_map(|service| {
-            let watch = service.outlier.as_ref().map(|o| o.base_ejection);
-            let ends = service
-                .members
-                .iter()
-                .filter_map(move |m| m.endpoint.health.ejected_for(now_ms));
-            watch.into_iter().chain(ends)
-        })
+        .flat_map(|service| service.members.iter())
+        .filter_map(|m| m.endpoint.health.ejected_for(now_ms))
         .min()
 }
 
@@ -276,5 +271,57 @@ fn readmit(snapshot: &Snapshot, now_ms: u64) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::control::Registrations;
+    use arc_swap::ArcSwap;
+    use std::path::Path;
+
+    fn snapshot(outlier: &str, previous: Option<&Snapshot>) -> Snapshot {
+        let text = format!(
+            "[listeners.l]\nlisten = \"127.0.0.1:0\"\nservice = \"s\"\n[services.s]\n\
+             endpoints = [{{ addr = \"127.0.0.1:9\" }}, {{ addr = \"127.0.0.1:10\" }}]\n{outlier}"
+        );
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        Snapshot::build(&config, &Registrations::default(), previous)
+    }
+
+    /// A connection keeps the table it started with and may eject through
+    /// it after a reload turned outlier detection off: the health thread
+    /// must still hear of it and end the ejection (here at once, since the
+    /// published table has no outlier detection).
+    #[test]
+    fn it_should_end_an_ejection_made_through_an_older_table() {
+        let old = Arc::new(snapshot(
+            "[services.s.outlier]\nbase_ejection = \"30s\"\n",
+            None,
+        ));
+        let table: Table = Arc::new(ArcSwap::new(Arc::clone(&old)));
+        let (published, published_rx) = watch::channel(old.generation);
+        let (_stop, stop_rx) = watch::channel(false);
+        let checker = Checker::start(Arc::clone(&table), published_rx, stop_rx).unwrap();
+        let next = snapshot("", Some(&old));
+        let generation = next.generation;
+        table.store(Arc::new(next));
+        published.send_replace(generation);
+        std::thread::sleep(Duration::from_millis(100));
+        let health = &old.services["s"].members[0].endpoint.health;
+        health.eject(
+            monotonic_ms(),
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while health.is_ejected() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!health.is_ejected(), "still ejected 2 s later");
+        drop(published);
+        checker.wait();
     }
 }

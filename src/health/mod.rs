@@ -24,6 +24,15 @@ pub use threshold::{Tally, Thresholds, Verdict};
 
 use std::sync::OnceLock;
 use std::time::Instant;
+use tokio::sync::Notify;
+
+/// Woken (every waiter) whenever an endpoint is ejected, so the health
+/// threads schedule its end. Workers may eject through a table that is no
+/// longer published (a connection keeps the one it started with), so the
+/// current table alone cannot tell the health thread when to look.
+/// Process-wide: with several proxies in one process a wake-up meant for
+/// another only makes a health thread look once for nothing.
+pub static EJECTIONS: Notify = Notify::const_new();
 
 /// Milliseconds on a process-wide monotonic clock: the time base of
 /// ejections (a `u64` fits in an atomic, an `Instant` does not).

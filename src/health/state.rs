@@ -150,6 +150,7 @@ impl EndpointHealth {
         self.ejected_until_ms.store(until, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         self.flags.fetch_or(EJECTED, Ordering::Relaxed);
+        super::EJECTIONS.notify_waiters();
         Ejection {
             duration,
             multiplier,

@@ -83,7 +83,8 @@ pub struct ProxyControl {
 }
 
 impl ProxyControl {
-    /// The published routing table.
+    /// The published routing table, to read. Store into it only through
+    /// [`ProxyControl::publish`], which also wakes the health thread.
     pub fn table(&self) -> &Table {
         &self.table
     }
