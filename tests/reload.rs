@@ -263,3 +263,29 @@ fn it_should_keep_reloading_a_file_that_is_rewritten_faster_than_the_debounce() 
         tag_of(served.addr("web")) == Some(last)
     });
 }
+
+/// A deploy that replaces the whole config directory (`rm -rf conf && cp -r
+/// new conf`) ends the inotify watch with the directory; the file is then
+/// polled, so edits are still seen, the first one right away.
+#[test]
+fn it_should_keep_following_the_file_after_its_directory_is_replaced() {
+    let (a, b, c) = (
+        tagged_echo_backend(b'A'),
+        tagged_echo_backend(b'B'),
+        tagged_echo_backend(b'C'),
+    );
+    let dir = TempDir::new();
+    let path = dir.join("l4mesh.toml");
+    std::fs::write(&path, config(&endpoint_list(&[a]), "")).unwrap();
+    let server = l4mesh::Server::start(&path).unwrap();
+    let addr = server.local_addr("web").unwrap();
+    assert_eq!(tag_of(addr), Some(b'A'));
+
+    std::fs::remove_dir_all(&dir.0).unwrap();
+    std::fs::create_dir(&dir.0).unwrap();
+    std::fs::write(&path, config(&endpoint_list(&[b]), "")).unwrap();
+    follows(addr, b'B');
+    // Later edits too, through the polling.
+    std::fs::write(&path, config(&endpoint_list(&[c]), "")).unwrap();
+    follows(addr, b'C');
+}

@@ -10,8 +10,8 @@
 //! in-place write is read after it, never between its truncate and its
 //! write), a create, a removal, a rename, a metadata change. Opens, reads
 //! and data writes are not, so a busy file next to the config (an access
-//! log, say) wakes nothing. Where inotify is unavailable, the file's
-//! metadata is polled every 500 ms.
+//! log, say) wakes nothing. Where inotify is unavailable, or the directory
+//! goes away, the file is read every 500 ms and compared.
 
 use super::controller::ControlHandle;
 use crossbeam_channel::Sender;
@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -86,10 +86,14 @@ impl ConfigWatcher {
         let inotify = match watch_directory(&dir) {
             Ok((fd, wd)) => {
                 let (reader, stopped) = (Arc::clone(&fd), Arc::clone(&stop));
-                let shown = dir.display().to_string();
+                let path = path.to_path_buf();
                 std::thread::Builder::new()
                     .name("l4mesh-inotify".into())
-                    .spawn(move || read_events(&reader, &shown, &events, &stopped))
+                    .spawn(move || {
+                        if read_events(&reader, &path, &events, &stopped) {
+                            poll(&path, &events, &stopped);
+                        }
+                    })
                     .map_err(&fail)?;
                 Some((fd, wd))
             }
@@ -154,58 +158,52 @@ fn classify(flags: ReadFlags) -> Seen {
 }
 
 /// Reads events until the watch ends, sending one reload request per event.
-fn read_events(fd: &OwnedFd, dir: &str, events: &Sender<()>, stop: &AtomicBool) {
+/// Returns whether the file should be polled from now on: the directory
+/// went away (a deploy that replaces it, say) or the watch failed, and the
+/// watcher was not dropped.
+fn read_events(fd: &OwnedFd, path: &Path, events: &Sender<()>, stop: &AtomicBool) -> bool {
     let mut buf = [MaybeUninit::uninit(); 4096];
     let mut reader = inotify::Reader::new(fd, &mut buf);
-    loop {
+    let why = loop {
         let flags = match reader.next() {
             Ok(event) => event.events(),
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                log::warn!(
-                    "config watch on {dir} failed: {e}; edits are no longer seen (SIGHUP or \
-                     `l4mesh ctl reload` still reload)"
-                );
-                return;
-            }
+            Err(e) => break format!("the inotify watch failed: {e}"),
         };
         if stop.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         match classify(flags) {
             Seen::Change => {
                 let _ = events.send(());
             }
-            Seen::DirectoryGone => log::warn!(
-                "config directory {dir} was removed or moved away; edits are no longer seen \
-                 (SIGHUP or `l4mesh ctl reload` still reload)"
-            ),
-            Seen::WatchEnded => return,
+            Seen::DirectoryGone => break "its directory was removed or moved".to_string(),
+            // Only dropping the watcher removes the watch while the
+            // directory is there; otherwise it went with the directory.
+            Seen::WatchEnded => break "its directory's watch ended".to_string(),
         }
+    };
+    if stop.load(Ordering::Relaxed) {
+        return false;
     }
+    log::warn!(
+        "watching {}: {why}; polling the file every {POLL_INTERVAL:?} from now on",
+        path.display()
+    );
+    // A directory created in the old one's place is a new change too.
+    let _ = events.send(());
+    true
 }
 
-/// What polling compares: where the path leads (following symlinks), and
-/// that file's size and times. `None` while it cannot be read.
-fn fingerprint(path: &Path) -> Option<(u64, u64, u64, SystemTime, i64, i64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((
-        m.dev(),
-        m.ino(),
-        m.len(),
-        m.modified().ok()?,
-        m.ctime(),
-        m.ctime_nsec(),
-    ))
-}
-
-/// The fallback: compares the file's fingerprint every [`POLL_INTERVAL`].
+/// The fallback: reads the file (following symlinks) every
+/// [`POLL_INTERVAL`] and asks for a reload when its content changed, so a
+/// rewrite within one timestamp tick is not missed. Config files are small;
+/// `None` while it cannot be read.
 fn poll(path: &Path, events: &Sender<()>, stop: &AtomicBool) {
-    let mut last = fingerprint(path);
+    let mut last = std::fs::read(path).ok();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL_INTERVAL);
-        let now = fingerprint(path);
+        let now = std::fs::read(path).ok();
         if now != last {
             last = now;
             let _ = events.send(());
