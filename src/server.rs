@@ -166,9 +166,14 @@ impl Server {
             controller,
             watcher,
             registry,
+            access_log,
             ..
         } = self;
         proxy.wait();
+        // Every connection is closed and recorded: write the last lines.
+        if let Some(log) = access_log {
+            log.close();
+        }
         drop(watcher);
         drop(registry);
         control.stop();

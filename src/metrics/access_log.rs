@@ -14,8 +14,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What the writer thread is handed.
@@ -25,6 +26,8 @@ enum Entry {
     Record(Record),
     /// Reopen the file (the flag says so too, in case the queue was full).
     Reopen,
+    /// Write what is queued, flush and end (at shutdown).
+    Close,
 }
 
 /// Records waiting for the writer; more are dropped.
@@ -140,6 +143,8 @@ fn logfmt_value(value: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     records: Sender<Entry>,
+    /// The writer thread, joined by [`AccessLog::close`].
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     dropped: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
 }
@@ -154,15 +159,17 @@ impl AccessLog {
             AccessLogTarget::File(path) => Sink::File(path.clone(), open(path)?),
         };
         let (records, queue) = crossbeam_channel::bounded(QUEUE);
+        let reopen: Arc<AtomicBool> = Arc::default();
+        let (format, flag) = (config.format, Arc::clone(&reopen));
+        let writer = std::thread::Builder::new()
+            .name("l4mesh-access-log".into())
+            .spawn(move || write_lines(queue, sink, format, &flag))?;
         let log = AccessLog {
             records,
+            writer: Arc::new(Mutex::new(Some(writer))),
             dropped: Arc::default(),
-            reopen: Arc::default(),
+            reopen,
         };
-        let (format, reopen) = (config.format, Arc::clone(&log.reopen));
-        std::thread::Builder::new()
-            .name("l4mesh-access-log".into())
-            .spawn(move || write_lines(queue, sink, format, &reopen))?;
         Ok(Some(log))
     }
 
@@ -173,6 +180,24 @@ impl AccessLog {
             self.records.try_send(Entry::Record(record))
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes every record queued so far, flushes the file and stops the
+    /// writer (at shutdown, once no worker records any more): other handles
+    /// may live on (the signal thread keeps one), so the writer cannot wait
+    /// for every sender to go. Later records are dropped and counted.
+    pub fn close(&self) {
+        let _ = self.records.send(Entry::Close);
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            log::error!("the access-log writer panicked");
         }
     }
 
@@ -211,7 +236,9 @@ fn write_lines(
     while let Ok(first) = queue.recv() {
         // At most a queue's worth per round, so a reopen is not put off for
         // as long as records keep coming.
+        let mut closing = false;
         for entry in std::iter::once(first).chain(queue.try_iter().take(QUEUE)) {
+            closing |= matches!(entry, Entry::Close);
             if let Entry::Record(record) = entry {
                 let mut line = record.format(format);
                 line.push('\n');
@@ -225,6 +252,9 @@ fn write_lines(
             }
         }
         flush(&mut sink);
+        if closing {
+            return;
+        }
         if reopen.swap(false, Ordering::Relaxed)
             && let Sink::File(path, file) = &mut sink
         {
