@@ -444,7 +444,11 @@ mod tests {
     /// With no pipe to be had, every chunk is copied instead, exactly.
     #[test]
     fn it_should_copy_when_no_pipe_can_be_had() {
-        tokio_uring::start(async {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
             let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let echo_addr = echo.local_addr().unwrap();
             std::thread::spawn(move || {

@@ -81,9 +81,11 @@ pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
 enum Runtime {
     /// tokio-uring, for `forward = "copy"`.
     Uring(tokio_uring::Runtime),
-    /// A tokio current-thread runtime and the set its tasks are spawned on
-    /// (tasks hold `Rc`s, so they stay on this thread).
-    Readiness(tokio::runtime::Runtime, tokio::task::LocalSet),
+    /// The set its tasks are spawned on (tasks hold `Rc`s, so they stay on
+    /// this thread) and a tokio current-thread runtime. Fields drop in
+    /// order: tasks still open after the drain go before the runtime they
+    /// are registered with, as tokio-uring does it.
+    Readiness(tokio::task::LocalSet, tokio::runtime::Runtime),
 }
 
 impl Runtime {
@@ -100,13 +102,13 @@ impl Runtime {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(Runtime::Readiness(runtime, tokio::task::LocalSet::new()))
+        Ok(Runtime::Readiness(tokio::task::LocalSet::new(), runtime))
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
         match self {
             Runtime::Uring(runtime) => runtime.block_on(future),
-            Runtime::Readiness(runtime, local) => local.block_on(runtime, future),
+            Runtime::Readiness(local, runtime) => local.block_on(runtime, future),
         }
     }
 }
