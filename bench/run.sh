@@ -362,14 +362,20 @@ run_throughput() {
 # keep-alive, also the CPU per request: the proxy's, and the whole machine's.
 run_wrk() {
   local name=$1 r=$2 mode=$3 out="$WORK/logs/r$2-$1-wrk-$3.txt" res rps p99 errors requests
-  local args=(-t1 -c50 -d"${DUR}s" --latency) cpu0=0 cpu1=0 busy0 busy1
+  local args=(-t1 -c50 -d"${DUR}s" --latency) cpu0=0 cpu1=0 busy0=0 busy1=0 ran=0
   [[ $mode == close ]] && args+=(-H 'Connection: close')
-  [[ $name == direct ]] || cpu0=$(python3 "$HELPER" cpu "${ENTRY[$name]}")
-  busy0=$(python3 "$HELPER" busy)
-  if timeout --foreground $((DUR + 20)) wrk "${args[@]}" "http://127.0.0.1:${PORT[$name/http]}/" \
-      >"$out" 2>&1 && res=$(python3 "$HELPER" wrk "$out" 2>>"$WORK/logs/errors.log"); then
+  # The CPU readings (keep-alive only) bracket wrk alone, not the parsing.
+  if [[ $mode == ka ]]; then
+    [[ $name == direct ]] || cpu0=$(python3 "$HELPER" cpu "${ENTRY[$name]}")
+    busy0=$(python3 "$HELPER" busy)
+  fi
+  timeout --foreground $((DUR + 20)) wrk "${args[@]}" "http://127.0.0.1:${PORT[$name/http]}/" \
+    >"$out" 2>&1 && ran=1
+  if [[ $mode == ka ]]; then
     busy1=$(python3 "$HELPER" busy)
     [[ $name == direct ]] || cpu1=$(python3 "$HELPER" cpu "${ENTRY[$name]}")
+  fi
+  if ((ran)) && res=$(python3 "$HELPER" wrk "$out" 2>>"$WORK/logs/errors.log"); then
     read -r rps p99 errors requests <<<"$res"
     record "$r" "$name" "wrk_${mode}_rps" "$rps"
     record "$r" "$name" "wrk_${mode}_p99_us" "$p99"
