@@ -3,19 +3,19 @@
 //!
 //! It loads the routing table whenever one is published; when the
 //! generation changed, it starts a probe task for each endpoint of a
-//! service with `[services.NAME.health]` that has none, and stops the tasks of endpoints
-//! that left (or whose service's check settings changed, which restarts
-//! them). A task probes its endpoint first after a random share of the
+//! service with `[services.NAME.health]` that has none, and stops the tasks
+//! of endpoints that left (or whose service's check settings changed, which
+//! restarts them). A task probes its endpoint first after a random share of the
 //! interval (at once for an endpoint waiting for its first check), then
 //! every interval ±10%. Verdict changes are written into the endpoint's
 //! [`EndpointHealth`](super::EndpointHealth), which workers read when they
 //! pick, and logged: `warn` when an endpoint goes down, `info` when it comes
 //! up. Between tables it sleeps until the first ejection is due to end;
 //! a new ejection ([`super::EJECTIONS`]) or a new table wakes it sooner. So
-//! an idle proxy costs no wake-ups. One thread and async
-//! probes: a thousand endpoints probed every second cost a thousand short
-//! connects, never a thousand threads, and a
-//! silent endpoint holds nothing but its own task until its timeout.
+//! an idle proxy costs no wake-ups. One thread and async probes: a thousand
+//! endpoints probed every second cost a thousand short connects, never a
+//! thousand threads, and a silent endpoint holds nothing but its own task
+//! until its timeout.
 
 use super::probe::probe;
 use super::threshold::{Tally, Thresholds, Verdict};

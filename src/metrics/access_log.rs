@@ -232,7 +232,8 @@ fn write_lines(
     reopen: &AtomicBool,
 ) {
     // Sleeps until the first entry; then writes everything queued, flushes
-    // once, and reopens if asked. Ends when every sender is gone.
+    // once, and reopens if asked. Ends at a Close ([`AccessLog::close`]),
+    // or when every sender is gone.
     while let Ok(first) = queue.recv() {
         // At most a queue's worth per round, so a reopen is not put off for
         // as long as records keep coming.
