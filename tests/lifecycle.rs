@@ -1,5 +1,5 @@
-//! Connection lifecycle: idle timeout, graceful shutdown and drain, signals,
-//! and running out of file descriptors.
+//! Connection lifecycle: graceful shutdown and drain, signals, and running
+//! out of file descriptors (idle timeout: see truth.rs).
 
 mod common;
 
@@ -14,34 +14,6 @@ fn round_trip(stream: &mut TcpStream, text: &str) -> String {
     let mut buf = vec![0; text.len()];
     stream.read_exact(&mut buf).unwrap();
     String::from_utf8(buf).unwrap()
-}
-
-#[test]
-fn it_should_close_a_connection_that_moves_no_bytes_for_idle_timeout_when_splicing() {
-    idle_timeout_closes("splice");
-}
-
-#[test]
-fn it_should_close_a_connection_that_moves_no_bytes_for_idle_timeout_when_copying() {
-    idle_timeout_closes("copy");
-}
-
-fn idle_timeout_closes(mode: &str) {
-    let text = config_text(&[(echo_backend(), 1)], "idle_timeout = \"300ms\"");
-    let proxy = start_proxy(&with_forward(&text, mode));
-    let mut client = connect(&proxy);
-    // Activity keeps it open past the timeout...
-    let mut last_active = Instant::now();
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(round_trip(&mut client, "ping"), "ping");
-        last_active = Instant::now();
-    }
-    // ...silence closes it.
-    assert_eq!(read_all(&mut client), "");
-    let waited = last_active.elapsed();
-    assert!(waited >= Duration::from_millis(250), "{waited:?}");
-    assert!(waited < Duration::from_secs(3), "{waited:?}");
 }
 
 #[test]
@@ -64,10 +36,12 @@ fn it_should_stop_accepting_but_finish_open_connections_on_stop() {
     });
 }
 
-#[test]
-fn it_should_close_what_is_left_when_drain_timeout_runs_out() {
+per_mode! {
+    /// What is still open when drain_timeout runs out is cut, and the
+    /// client is told so with a reset.
+    fn it_should_reset_what_is_left_when_drain_timeout_runs_out(mode) {
     let text = config_text(&[(echo_backend(), 1)], "").replace("\"5s\"", "\"300ms\"");
-    let proxy = start_proxy(&text);
+    let proxy = start_proxy(&with_forward(&text, mode));
     let mut open = connect(&proxy);
     assert_eq!(round_trip(&mut open, "x"), "x");
     let started = Instant::now();
@@ -76,9 +50,10 @@ fn it_should_close_what_is_left_when_drain_timeout_runs_out() {
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
-        "{took:?}"
+        "{mode}: {took:?}"
     );
-    assert_eq!(read_all(&mut open), "");
+    assert_eq!(read_to_end(&mut open), (Vec::new(), Ended::Reset), "{mode}");
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::access_log::AccessLog;
 use super::counters::{CONNECT_BUCKETS, DURATION_BUCKETS, Histogram, PerWorker};
 use super::names::*;
 use super::process::ProcessStats;
-use super::stats::FailureReason;
+use super::stats::{FailureReason, ResetCause};
 use crate::control::{EndpointState, ReloadStats, Snapshot};
 use std::fmt::Write;
 
@@ -165,6 +165,22 @@ fn listeners(w: &mut Writer, snapshot: &Snapshot) {
             &[("listener", &l.config.name), ("reason", "max_connections")],
             rejected,
         );
+    }
+    w.family(
+        CONNECTIONS_RESET_TOTAL,
+        "counter",
+        "Connections ended with a reset on both sides, by what caused it: a reset (or \
+         error) on the client or upstream socket, idle_timeout, or a drain that ran out of time.",
+    );
+    for l in &snapshot.listeners {
+        for cause in ResetCause::ALL {
+            let n = l.stats.sum(|s| s.resets[cause as usize].get());
+            w.sample(
+                CONNECTIONS_RESET_TOTAL,
+                &[("listener", &l.config.name), ("cause", cause.label())],
+                n,
+            );
+        }
     }
     w.family(
         CONNECTION_DURATION_SECONDS,

@@ -13,6 +13,6 @@ mod stats;
 pub use counters::{CONNECT_BUCKETS, Counter, DURATION_BUCKETS, Histogram, PerWorker};
 pub use process::ProcessStats;
 pub use stats::{
-    EndpointSlot, EndpointStats, FailureReason, ListenerSlot, ListenerStats, ServiceSlot,
-    ServiceStats,
+    EndpointSlot, EndpointStats, FailureReason, ListenerSlot, ListenerStats, ResetCause,
+    ServiceSlot, ServiceStats,
 };

@@ -30,6 +30,8 @@ pub const ENDPOINTS: &str = "l4mesh_endpoints";
 pub const ENDPOINT_HEALTHY: &str = "l4mesh_endpoint_healthy";
 /// Client connections closed at once, per listener and reason.
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "l4mesh_connections_rejected_total";
+/// Connections l4mesh ended with a reset, per listener and cause.
+pub const CONNECTIONS_RESET_TOTAL: &str = "l4mesh_connections_reset_total";
 /// Outlier ejections, per endpoint.
 pub const OUTLIER_EJECTIONS_TOTAL: &str = "l4mesh_outlier_ejections_total";
 /// Connections balanced in panic mode, per service.

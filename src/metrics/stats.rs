@@ -32,6 +32,40 @@ impl FailureReason {
     }
 }
 
+/// What made l4mesh end a connection with a reset, as the `cause` label
+/// says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetCause {
+    /// The client's socket failed (it reset, usually): the upstream was reset.
+    Client = 0,
+    /// The upstream's socket failed: the client was reset.
+    Upstream = 1,
+    /// No byte moved either way for `idle_timeout`: both were reset.
+    IdleTimeout = 2,
+    /// A graceful shutdown ran out of time: both were reset.
+    Drained = 3,
+}
+
+impl ResetCause {
+    /// Every cause, in label order.
+    pub const ALL: [ResetCause; 4] = [
+        ResetCause::Client,
+        ResetCause::Upstream,
+        ResetCause::IdleTimeout,
+        ResetCause::Drained,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ResetCause::Client => "client",
+            ResetCause::Upstream => "upstream",
+            ResetCause::IdleTimeout => "idle_timeout",
+            ResetCause::Drained => "drained_at_shutdown",
+        }
+    }
+}
+
 /// One worker's counts for a listener.
 #[derive(Debug, Default)]
 pub struct ListenerSlot {
@@ -45,6 +79,8 @@ pub struct ListenerSlot {
     pub tx_bytes: Counter,
     /// Clients closed at once because the listener was at `max_connections`.
     pub rejected: Counter,
+    /// Connections ended with a reset both ways, by [`ResetCause`].
+    pub resets: [Counter; 4],
     /// How long connections lasted, from accept to close.
     pub duration: Histogram<{ DURATION_BUCKETS.len() }>,
 }

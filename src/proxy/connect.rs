@@ -86,6 +86,14 @@ pub struct Connected {
     _active: ActiveGuard,
 }
 
+impl Connected {
+    /// The socket, and the guard that counts it as active on its endpoint
+    /// (keep it for as long as the connection is open).
+    pub fn into_parts(self) -> (TcpStream, ActiveGuard) {
+        (self.stream, self._active)
+    }
+}
+
 /// Connects to `addr` within `timeout`, with `TCP_NODELAY` set.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let socket = if addr.is_ipv4() {

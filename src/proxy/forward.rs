@@ -1,16 +1,28 @@
 //! Copy-path forwarding: both directions run concurrently, each reusing one
-//! owned buffer that every io_uring read and write hands back.
+//! owned buffer that every io_uring read and write hands back; and what
+//! every forwarding path shares: how a connection ends and when it is idle.
 //!
-//! EOF on one side becomes `shutdown(Write)` on the other (half-close) while
-//! the other direction keeps flowing; an error on either side shuts both
-//! sockets down so the other direction's pending read returns. Dropping an
-//! in-flight tokio-uring read does not cancel it in the kernel, so every way
-//! out (idle timeout, drain) shuts the sockets down first and then waits for
-//! both directions to return their buffers.
+//! The stream tells the truth. EOF on one side becomes `shutdown(Write)` on
+//! the other (half-close) while the other direction keeps flowing. An error
+//! on either side (a reset, usually) resets both sockets, so the other peer
+//! sees a reset too and never mistakes a cut stream for a complete one; so
+//! do the cuts l4mesh makes itself (idle timeout, drain at shutdown). The
+//! reset also makes every pending operation return: dropping an in-flight
+//! tokio-uring read does not cancel it in the kernel, so every way out
+//! resets the sockets first and then waits for both directions to return
+//! their buffers.
+//!
+//! Idle means no byte moved either way for `idle_timeout`. Every read and
+//! every partial write or splice stamps the connection's "last progress"
+//! (a clock read, no timer re-arm); one timer per connection sleeps until
+//! stamp + timeout and, when it finds the stamp stale, asks the kernel
+//! ([`super::tcp_state`]) whether bytes are still draining from a send
+//! queue, as they do towards a slow reader while our write waits.
 
 use super::buffers::BufferPool;
+use super::tcp_state::{self, Flow, borrow_uring};
 use crate::metrics::Counter;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
@@ -27,12 +39,37 @@ pub enum End {
         /// The client sent its EOF before the upstream did.
         client_first: bool,
     },
-    /// No bytes moved either way for `idle_timeout`.
+    /// No bytes moved either way for `idle_timeout`: both sides reset.
     Idle,
-    /// Closed by a graceful shutdown that ran out of time.
+    /// Cut by a graceful shutdown that ran out of time: both sides reset.
     Drained,
-    /// A read or write failed (a reset, usually).
-    Error(io::Error),
+    /// A read or write on `side` failed (a reset, usually): the other side
+    /// was reset too.
+    Reset {
+        /// The side whose socket failed first.
+        side: Side,
+        /// How it failed.
+        error: io::Error,
+    },
+}
+
+/// One of a connection's two sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The downstream client's socket.
+    Client,
+    /// The upstream endpoint's socket.
+    Upstream,
+}
+
+impl Side {
+    /// The name used in logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
 }
 
 /// What a forwarded connection moved and how it ended.
@@ -58,10 +95,12 @@ pub struct Meters<'a> {
 /// What both directions of one connection share, whatever moves the bytes.
 #[derive(Debug)]
 pub(super) struct Shared {
-    /// When a byte last moved either way.
+    /// When a byte last moved either way (a read, or any part of a write).
     pub last_active: Cell<Instant>,
     /// The direction that ended first, once one has.
     pub first_done: Cell<Option<Direction>>,
+    /// The first failure, which reset the connection.
+    failure: RefCell<Option<(Side, io::Error)>>,
 }
 
 impl Shared {
@@ -69,7 +108,19 @@ impl Shared {
         Shared {
             last_active: Cell::new(Instant::now()),
             first_done: Cell::new(None),
+            failure: RefCell::new(None),
         }
+    }
+
+    /// Notes that a byte moved now.
+    pub(super) fn progress(&self) {
+        self.last_active.set(Instant::now());
+    }
+
+    /// Records `error` on `side` unless a failure was recorded already (the
+    /// other direction then fails only because of the reset that followed).
+    pub(super) fn fail(&self, side: Side, error: io::Error) {
+        self.failure.borrow_mut().get_or_insert((side, error));
     }
 
     /// Whether the other direction has already ended: then this one's EOF
@@ -92,6 +143,16 @@ impl Shared {
 pub(super) enum Direction {
     FromClient,
     ToClient,
+}
+
+impl Direction {
+    /// The sides it reads from and writes to.
+    pub(super) fn sides(self) -> (Side, Side) {
+        match self {
+            Direction::FromClient => (Side::Client, Side::Upstream),
+            Direction::ToClient => (Side::Upstream, Side::Client),
+        }
+    }
 }
 
 /// Forwards between `client` and `upstream` with io_uring reads and writes
@@ -126,61 +187,58 @@ pub async fn forward(
             )
         )
     };
-    drive(&shared, both, idle_timeout, drain, || {
-        close(client, upstream)
-    })
-    .await
+    let (c, u) = (borrow_uring(client), borrow_uring(upstream));
+    let sockets = Sockets {
+        flow: &|| tcp_state::pair_flow(c, u),
+        reset: &|| reset(client, upstream),
+    };
+    drive(&shared, both, idle_timeout, drain, sockets).await
+}
+
+/// What [`drive`] may ask of a connection's two sockets.
+pub(super) struct Sockets<'a> {
+    /// The kernel's count of what moved on both (`None`: it would not say).
+    pub flow: &'a dyn Fn() -> Option<Flow>,
+    /// Resets both.
+    pub reset: &'a dyn Fn(),
 }
 
 /// Runs both directions (`both`) until they end, or until the connection
-/// idles or is drained: then `close` shuts the sockets down, which makes the
+/// idles or is drained: then both sockets are reset, which makes the
 /// pending operations return, and both directions are awaited all the same
 /// (their buffers or pipes are still in the kernel's hands until then).
 pub(super) async fn drive(
     shared: &Shared,
-    both: impl std::future::Future<Output = (Pumped, Pumped)>,
+    both: impl std::future::Future<Output = (u64, u64)>,
     idle_timeout: Duration,
     mut drain: watch::Receiver<bool>,
-    close: impl Fn(),
+    sockets: Sockets<'_>,
 ) -> Outcome {
     tokio::pin!(both);
     let forced = tokio::select! {
-        (up, down) = &mut both => return outcome(up, down, None, shared),
-        () = idle(&shared.last_active, idle_timeout) => End::Idle,
+        (rx, tx) = &mut both => return outcome(rx, tx, None, shared),
+        () = idle(shared, idle_timeout, sockets.flow) => End::Idle,
         _ = drain.wait_for(|draining| *draining) => End::Drained,
     };
-    close();
-    let (up, down) = both.await;
-    outcome(up, down, Some(forced), shared)
+    (sockets.reset)();
+    let (rx, tx) = both.await;
+    outcome(rx, tx, Some(forced), shared)
 }
 
-fn outcome(up: Pumped, down: Pumped, forced: Option<End>, shared: &Shared) -> Outcome {
-    let end = match (forced, up.error, down.error) {
-        (Some(end), _, _) => end,
-        (None, Some(e), _) | (None, None, Some(e)) => End::Error(e),
-        (None, None, None) => End::Closed {
+fn outcome(rx: u64, tx: u64, forced: Option<End>, shared: &Shared) -> Outcome {
+    let end = match (forced, shared.failure.take()) {
+        (Some(end), _) => end,
+        (None, Some((side, error))) => End::Reset { side, error },
+        (None, None) => End::Closed {
             client_first: shared.first_done.get() == Some(Direction::FromClient),
         },
     };
-    Outcome {
-        rx: up.bytes,
-        tx: down.bytes,
-        end,
-    }
-}
-
-/// What one direction moved, and the error that stopped it, if any.
-#[derive(Debug)]
-pub(super) struct Pumped {
-    /// Bytes moved.
-    pub bytes: u64,
-    /// The error that stopped it.
-    pub error: Option<io::Error>,
+    Outcome { rx, tx, end }
 }
 
 /// Copies `from` → `to` until EOF (then half-closes `to`) or an error (then
-/// shuts both sockets down, which ends the other direction too), counting
-/// the bytes of every read in `meter`.
+/// resets both sockets, which ends the other direction too), counting the
+/// bytes of every read in `meter`. Returns the bytes moved.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
@@ -188,10 +246,11 @@ async fn pump(
     shared: &Shared,
     direction: Direction,
     meter: &Counter,
-) -> Pumped {
+) -> u64 {
+    let (from_side, to_side) = direction.sides();
     let mut buffer = buffers.take();
     let mut bytes = 0u64;
-    let error = loop {
+    let failed = loop {
         let (read, returned) = from.read(buffer).await;
         buffer = returned;
         let n = match read {
@@ -200,43 +259,83 @@ async fn pump(
                 if !shared.other_done() {
                     let _ = to.shutdown(Shutdown::Write);
                 }
-                break None;
+                break false;
             }
             Ok(n) => n,
-            Err(e) => break Some(e),
+            Err(e) => {
+                shared.fail(from_side, e);
+                break true;
+            }
         };
-        shared.last_active.set(Instant::now());
+        shared.progress();
         meter.add(n as u64);
-        let (written, slice) = to.write_all(buffer.slice(..n)).await;
-        buffer = slice.into_inner();
-        if let Err(e) = written {
-            break Some(e);
+        // Written piece by piece, so that every partial write counts as
+        // progress: a slow reader drains a chunk for longer than idle_timeout.
+        let mut sent = 0;
+        while sent < n {
+            let (written, slice) = to.write(buffer.slice(sent..n)).submit().await;
+            buffer = slice.into_inner();
+            match written {
+                Ok(0) => {
+                    shared.fail(to_side, io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(m) => {
+                    sent += m;
+                    shared.progress();
+                }
+                Err(e) => {
+                    shared.fail(to_side, e);
+                    break;
+                }
+            }
         }
-        bytes += n as u64;
-        shared.last_active.set(Instant::now());
+        bytes += sent as u64;
+        if sent < n {
+            break true;
+        }
     };
     buffers.give_back(buffer);
     shared.done(direction);
-    if error.is_some() {
-        close(from, to);
+    if failed {
+        reset(from, to);
     }
-    Pumped { bytes, error }
+    bytes
 }
 
-/// Shuts both sockets down both ways, so pending reads on them return.
-fn close(a: &TcpStream, b: &TcpStream) {
-    // Errors here mean a socket is already closed, which is the goal.
-    let _ = a.shutdown(Shutdown::Both);
-    let _ = b.shutdown(Shutdown::Both);
+/// Resets both sockets, so both peers see a reset and pending reads on
+/// them return.
+fn reset(a: &TcpStream, b: &TcpStream) {
+    tcp_state::reset(borrow_uring(a));
+    tcp_state::reset(borrow_uring(b));
 }
 
-/// Completes once no byte has moved for `timeout`.
-pub(super) async fn idle(last_active: &Cell<Instant>, timeout: Duration) {
+/// Completes once no byte has moved either way for `timeout`.
+///
+/// Sleeps until the last progress stamp plus `timeout`. A stale stamp is
+/// not the last word: our write may be waiting while the kernel drains a
+/// full send queue to a slow reader. So the kernel is asked (`flow`), and
+/// the connection is idle only if nothing is queued to go out, or if what
+/// is queued has not moved since the previous look, `timeout` ago or more.
+/// A peer that stopped reading with bytes queued is therefore cut between
+/// `timeout` and twice `timeout` after its last byte; every other idle
+/// connection at `timeout`.
+pub(super) async fn idle(shared: &Shared, timeout: Duration, flow: &dyn Fn() -> Option<Flow>) {
+    let mut seen: Option<Flow> = None;
     loop {
-        let deadline = last_active.get() + timeout;
-        if Instant::now() >= deadline {
-            return;
+        let deadline = shared.last_active.get() + timeout;
+        if Instant::now() < deadline {
+            tokio::time::sleep_until(deadline.into()).await;
+            continue;
         }
-        tokio::time::sleep_until(deadline.into()).await;
+        let now = flow();
+        match now {
+            Some(now) if now.in_flight && seen.is_none_or(|seen| seen.moved != now.moved) => {
+                // Still draining (or the first look): look again in `timeout`.
+                seen = Some(now);
+                shared.progress();
+            }
+            _ => return,
+        }
     }
 }

@@ -7,3 +7,4 @@ pub mod forward;
 pub mod listener;
 pub mod session;
 pub mod splice;
+mod tcp_state;

@@ -3,11 +3,11 @@
 
 use super::buffers::BufferPool;
 use super::connect::{self, Attempt, Failed};
-use super::forward::{self, End, Meters};
+use super::forward::{self, End, Meters, Side};
 use super::splice::{self, PipePool};
 use crate::control::{EndpointState, Service, Table};
 use crate::metrics::access_log::{AccessLog, Ending, Record};
-use crate::metrics::{DURATION_BUCKETS, ListenerSlot};
+use crate::metrics::{DURATION_BUCKETS, ListenerSlot, ResetCause};
 use crate::runtime::RESOURCE_ERRORS;
 use std::cell::Cell;
 use std::fmt;
@@ -136,16 +136,24 @@ async fn relay(
             let buffers = &worker.buffers;
             forward::forward(&client, &upstream, buffers, meters, idle_timeout, drain).await
         }
-        (Err(e), _) | (_, Err(e)) => forward::Outcome {
+        (Err(error), _) | (_, Err(error)) => forward::Outcome {
             rx: 0,
             tx: 0,
-            end: End::Error(e),
+            end: End::Reset {
+                side: Side::Upstream,
+                error,
+            },
         },
     }
 }
 
 /// Serves one accepted client on listener `listener` until it closes, then
 /// counts it and writes its access-log record.
+///
+/// The routing table is held only while the connection is routed and
+/// connected; a forwarding connection keeps just what it needs (its
+/// listener's counters and client count, its endpoint's counters), so old
+/// tables are freed at once however long connections last.
 pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker: Rc<WorkerState>) {
     let _open = OpenGuard::new(&worker);
     let id = worker.next_id();
@@ -157,7 +165,11 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
         log::warn!("conn {id} from {peer}: listener {listener} has no route; closing the client");
         return;
     };
-    let counts = route.stats.slot(worker.index);
+    let (stats, clients) = (Arc::clone(&route.stats), Arc::clone(&route.clients));
+    let max_connections = route.config.max_connections;
+    let service = Arc::clone(service);
+    drop(snapshot);
+    let counts = stats.slot(worker.index);
     counts.accepted.add(1);
     let mut record = Record {
         start,
@@ -170,48 +182,49 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
         attempts: 0,
         end: Ending::NoEndpoint,
     };
-    let Some(_admitted) = route.clients.try_admit(route.config.max_connections) else {
+    let Some(_admitted) = clients.try_admit(max_connections) else {
         counts.rejected.add(1);
         record.end = Ending::Rejected;
         log::debug!("conn {id} from {peer} on {listener}: at max_connections; closing the client");
-        if let Some(held_back) = route.clients.reject_log.allow() {
+        if let Some(held_back) = clients.reject_log.allow() {
             log::warn!(
                 "listener {listener}: {} client(s) open, its max_connections; closing new clients \
                  at once ({held_back} more since the last line)",
-                route.clients.open()
+                clients.open()
             );
         }
         finish(record, started, counts, &worker);
         return;
     };
-    match connect::establish(service, peer, worker.index).await {
+    match connect::establish(&service, peer, worker.index).await {
         Ok(connected) => {
             if connected.panic {
                 service.stats.slot(worker.index).panic.add(1);
             }
             let endpoint = service.members[connected.index].endpoint.addr;
+            let idle_timeout = service.idle_timeout;
+            drop(service);
             log::debug!("conn {id} from {peer} on {listener}: connected to {endpoint}");
             let meters = Meters {
                 rx: &counts.rx_bytes,
                 tx: &counts.tx_bytes,
             };
-            let upstream = connected.stream;
-            let outcome = relay(client, upstream, &worker, meters, service.idle_timeout).await;
             record.endpoint = Some(endpoint);
             record.attempts = connected.attempts;
+            let (upstream, _active) = connected.into_parts();
+            let outcome = relay(client, upstream, &worker, meters, idle_timeout).await;
             (record.rx, record.tx) = (outcome.rx, outcome.tx);
-            record.end = match &outcome.end {
-                End::Closed { client_first: true } => Ending::ClientClosed,
-                End::Closed {
-                    client_first: false,
-                } => Ending::UpstreamClosed,
-                End::Idle => Ending::IdleTimeout,
-                End::Drained => Ending::DrainedAtShutdown,
-                End::Error(e) => {
-                    log::debug!("conn {id} from {peer} to {endpoint}: {e}");
-                    Ending::Reset
-                }
-            };
+            let (ending, reset) = ending(&outcome.end);
+            record.end = ending;
+            if let Some(cause) = reset {
+                counts.resets[cause as usize].add(1);
+            }
+            if let End::Reset { side, error } = &outcome.end {
+                log::debug!(
+                    "conn {id} from {peer} to {endpoint}: {} side failed ({error}); reset the other",
+                    side.label()
+                );
+            }
             log::debug!(
                 "conn {id} from {peer} to {endpoint}: {}; {} bytes in, {} bytes out",
                 record.end.label(),
@@ -225,7 +238,7 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
                 "conn {id} from {peer} on {listener}: service {} has no usable endpoint ({}); \
                  closing the client",
                 service.name,
-                unusable(service)
+                unusable(&service)
             );
         }
         Err(Failed { attempts, panic }) => {
@@ -250,6 +263,26 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
         }
     }
     finish(record, started, counts, &worker);
+}
+
+/// The access log's ending for `end`, and the reset cause to count when
+/// l4mesh reset the connection.
+fn ending(end: &End) -> (Ending, Option<ResetCause>) {
+    match end {
+        End::Closed { client_first: true } => (Ending::ClientClosed, None),
+        End::Closed {
+            client_first: false,
+        } => (Ending::UpstreamClosed, None),
+        End::Idle => (Ending::IdleTimeout, Some(ResetCause::IdleTimeout)),
+        End::Drained => (Ending::DrainedAtShutdown, Some(ResetCause::Drained)),
+        End::Reset {
+            side: Side::Client, ..
+        } => (Ending::Reset, Some(ResetCause::Client)),
+        End::Reset {
+            side: Side::Upstream,
+            ..
+        } => (Ending::Reset, Some(ResetCause::Upstream)),
+    }
 }
 
 fn attempt_list(attempts: &[Attempt]) -> String {

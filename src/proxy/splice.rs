@@ -20,7 +20,8 @@
 //! splice moves less than that again.
 
 use super::buffers::BufferPool;
-use super::forward::{Direction, Meters, Outcome, Pumped, Shared, drive};
+use super::forward::{Direction, Meters, Outcome, Shared, Sockets, drive};
+use super::tcp_state;
 use crate::metrics::Counter;
 use crate::runtime::RESOURCE_ERRORS;
 use rustix::net::{RecvFlags, recv};
@@ -32,8 +33,8 @@ use socket2::SockRef;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -168,10 +169,11 @@ pub async fn forward(
             )
         )
     };
-    drive(&shared, both, idle_timeout, drain, || {
-        close(client, upstream)
-    })
-    .await
+    let sockets = Sockets {
+        flow: &|| tcp_state::pair_flow(client, upstream),
+        reset: &|| reset(client, upstream),
+    };
+    drive(&shared, both, idle_timeout, drain, sockets).await
 }
 
 /// Where a direction gets a pipe, or a buffer when no pipe can be had.
@@ -182,7 +184,7 @@ struct Spares<'a> {
 }
 
 /// Moves `from` → `to` until EOF (then half-closes `to`) or an error (then
-/// shuts both down, which ends the other direction too).
+/// resets both, which ends the other direction too); returns the bytes moved.
 ///
 /// A pipe is taken from the pool only once `from` is readable and goes back,
 /// empty, as soon as the chunk is through: an idle connection holds no pipe
@@ -195,22 +197,24 @@ async fn pump(
     shared: &Shared,
     direction: Direction,
     meter: &Counter,
-) -> Pumped {
+) -> u64 {
+    let (from_side, to_side) = direction.sides();
     let mut bytes = 0u64;
     let mut splicing = !spares.pool.small_first;
-    let error = loop {
+    let failed = loop {
         if let Err(e) = from.readable().await {
-            break Some(e);
+            shared.fail(from_side, e);
+            break true;
         }
         let moved = if !splicing {
-            let moved = copy_small(from, to, spares).await;
+            let moved = copy_small(from, to, spares, shared).await;
             // A read that filled the scratch buffer: a bulk stream; splice.
             splicing = matches!(moved, Ok(Some(SMALL)));
             moved
         } else {
             match spares.pool.take() {
                 Ok(pipe) => {
-                    let spliced = splice_chunk(from, to, &pipe).await;
+                    let spliced = splice_chunk(from, to, &pipe, shared).await;
                     // A pipe is clean unless the chunk failed halfway.
                     if spliced.is_ok() {
                         spares.pool.give_back(pipe);
@@ -223,7 +227,7 @@ async fn pump(
                             splicing = moved >= SMALL || !spares.pool.small_first;
                             Ok(Some(moved))
                         }
-                        Ok(Spliced::Unspliced) => copy_small(from, to, spares).await,
+                        Ok(Spliced::Unspliced) => copy_small(from, to, spares, shared).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -231,7 +235,7 @@ async fn pump(
                     if RESOURCE_ERRORS.allow().is_some() {
                         log::warn!("no pipe for splicing ({e}); copying through a buffer instead");
                     }
-                    copy_small(from, to, spares).await
+                    copy_small(from, to, spares, shared).await
                 }
             }
         };
@@ -239,7 +243,6 @@ async fn pump(
             // Spurious readiness: nothing was there after all.
             Ok(Some(0)) => continue,
             Ok(Some(n)) => {
-                shared.last_active.set(Instant::now());
                 meter.add(n as u64);
                 bytes += n as u64;
             }
@@ -248,16 +251,31 @@ async fn pump(
                 if !shared.other_done() {
                     let _ = SockRef::from(to).shutdown(Shutdown::Write);
                 }
-                break None;
+                break false;
             }
-            Err(e) => break Some(e),
+            Err(Failure::Read(e)) => {
+                shared.fail(from_side, e);
+                break true;
+            }
+            Err(Failure::Write(e)) => {
+                shared.fail(to_side, e);
+                break true;
+            }
         }
     };
     shared.done(direction);
-    if error.is_some() {
-        close(from, to);
+    if failed {
+        reset(from, to);
     }
-    Pumped { bytes, error }
+    bytes
+}
+
+/// Which end of a chunk's way failed.
+enum Failure {
+    /// Reading from the source socket.
+    Read(io::Error),
+    /// Writing to the destination socket.
+    Write(io::Error),
 }
 
 /// What one splice chunk did.
@@ -273,7 +291,12 @@ enum Spliced {
 /// One chunk through an empty pipe: fills it from `from` (without waiting)
 /// and drains it fully into `to`; a splice that moves nothing hands over to
 /// a copy (see [`Spliced::Unspliced`]).
-async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Spliced> {
+async fn splice_chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    shared: &Shared,
+) -> Result<Spliced, Failure> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut unspliced = false;
     // Every pipe slot holds at least a byte, so a fill of fewer bytes than
@@ -299,15 +322,20 @@ async fn splice_chunk(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Resu
         Ok(_) if unspliced => return Ok(Spliced::Unspliced),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Spliced::Chunk(0)),
-        Err(e) => return Err(e),
+        Err(e) => return Err(Failure::Read(e)),
     };
+    shared.progress();
     let mut left = n;
     while left > 0 {
         left -= to
             .async_io(Interest::WRITABLE, || {
                 Ok(splice(&pipe.read, None, to, None, left, flags)?)
             })
-            .await?;
+            .await
+            .map_err(Failure::Write)?;
+        // Every partial splice is progress: a slow reader drains a full
+        // pipe for longer than idle_timeout.
+        shared.progress();
     }
     Ok(Spliced::Chunk(n))
 }
@@ -327,7 +355,8 @@ async fn copy_small(
     from: &TcpStream,
     to: &TcpStream,
     spares: Spares<'_>,
-) -> io::Result<Option<usize>> {
+    shared: &Shared,
+) -> Result<Option<usize>, Failure> {
     let (n, rest) = {
         let mut scratch = spares.pool.scratch.borrow_mut();
         let read = read_draining(from, SMALL, || {
@@ -337,14 +366,15 @@ async fn copy_small(
             Ok(0) => return Ok(None),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
-            Err(e) => return Err(e),
+            Err(e) => return Err(Failure::Read(e)),
         };
+        shared.progress();
         let mut sent = 0;
         while sent < n {
             match to.try_write(&scratch[sent..n]) {
                 Ok(m) => sent += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => return Err(Failure::Write(e)),
             }
         }
         // The scratch buffer is the worker's: what is left moves out of it
@@ -358,9 +388,9 @@ async fn copy_small(
         (n, rest)
     };
     if let Some(buffer) = rest {
-        let written = write_all(to, &buffer).await;
+        let written = write_all(to, &buffer, shared).await;
         spares.buffers.give_back(buffer);
-        written?;
+        written.map_err(Failure::Write)?;
     }
     Ok(Some(n))
 }
@@ -392,13 +422,17 @@ fn read_draining(
     }
 }
 
-/// Writes all of `bytes` to `to`, waiting for room as needed.
-async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes` to `to`, waiting for room as needed; every
+/// partial write is progress.
+async fn write_all(to: &TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<()> {
     let mut sent = 0;
     while sent < bytes.len() {
         to.writable().await?;
         match to.try_write(&bytes[sent..]) {
-            Ok(m) => sent += m,
+            Ok(m) => {
+                sent += m;
+                shared.progress();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -406,11 +440,11 @@ async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Shuts both sockets down both ways, so pending waits on them return.
-fn close(a: &TcpStream, b: &TcpStream) {
-    // Errors mean a socket is already closed, which is the goal.
-    let _ = SockRef::from(a).shutdown(Shutdown::Both);
-    let _ = SockRef::from(b).shutdown(Shutdown::Both);
+/// Resets both sockets, so both peers see a reset and pending waits on
+/// them return.
+fn reset(a: &TcpStream, b: &TcpStream) {
+    tcp_state::reset(a.as_fd());
+    tcp_state::reset(b.as_fd());
 }
 
 #[cfg(test)]

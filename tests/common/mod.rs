@@ -84,8 +84,60 @@ pub fn with_forward(text: &str, mode: &str) -> String {
     )
 }
 
-/// Both forwarding paths, for tests that must hold on each.
-pub const FORWARD_MODES: [&str; 2] = ["splice", "copy"];
+/// Every forward mode, the default (`auto`) first, for tests that must hold
+/// on each.
+pub const FORWARD_MODES: [&str; 3] = ["auto", "splice", "copy"];
+
+/// Defines a test once per forward mode: `per_mode!(fn name(mode) { .. })`
+/// makes `name::auto`, `name::splice` and `name::copy`, which run in
+/// parallel and each name the mode that failed.
+#[macro_export]
+macro_rules! per_mode {
+    ($(#[$meta:meta])* fn $name:ident($mode:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($mode: &str) $body
+
+            #[test]
+            fn auto() {
+                run("auto")
+            }
+
+            #[test]
+            fn splice() {
+                run("splice")
+            }
+
+            #[test]
+            fn copy() {
+                run("copy")
+            }
+        }
+    };
+}
+
+/// How a stream that was read to its end ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A clean EOF (FIN).
+    Eof,
+    /// A reset (`ECONNRESET`).
+    Reset,
+}
+
+/// Reads `stream` to its end: every byte and how it ended. Panics on a
+/// timeout or any other error.
+pub fn read_to_end(stream: &mut TcpStream) -> (Vec<u8>, Ended) {
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => (bytes, Ended::Eof),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => (bytes, Ended::Reset),
+        Err(e) => panic!("reading to the end after {} bytes: {e}", bytes.len()),
+    }
+}
 
 /// Starts the proxy library on config text.
 pub fn start_proxy(text: &str) -> Proxy {
