@@ -156,38 +156,37 @@ fn urgent_data(mode: &str) {
     assert_eq!(back, b"abcdef");
 }
 
-#[test]
-fn it_should_pass_the_clients_eof_on_and_still_carry_the_reply() {
-    // The upstream answers only after it reads EOF.
-    let upstream = backend(|mut s| {
-        let mut request = Vec::new();
-        s.read_to_end(&mut request).unwrap();
-        s.write_all(format!("got {} bytes", request.len()).as_bytes())
-            .unwrap();
-    });
-    for mode in FORWARD_MODES {
+per_mode! {
+    fn it_should_pass_the_clients_eof_on_and_still_carry_the_reply(mode) {
+        // The upstream answers only after it reads EOF.
+        let upstream = backend(|mut s| {
+            let mut request = Vec::new();
+            s.read_to_end(&mut request).unwrap();
+            s.write_all(format!("got {} bytes", request.len()).as_bytes())
+                .unwrap();
+        });
         let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
         let mut client = connect(&proxy);
         client.write_all(&[7; 5000]).unwrap();
         client.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_all(&mut client), "got 5000 bytes", "{mode}");
+        let (got, ended) = read_to_end(&mut client);
+        assert_eq!((&got[..], ended), (&b"got 5000 bytes"[..], Ended::Eof), "{mode}");
     }
 }
 
-#[test]
-fn it_should_keep_carrying_the_clients_bytes_after_the_upstream_closes_its_side() {
-    let (got_tx, got_rx) = mpsc::channel();
-    let upstream = backend(move |mut s| {
-        s.write_all(b"bye").unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).unwrap();
-        got_tx.send(rest).unwrap();
-    });
-    for mode in FORWARD_MODES {
+per_mode! {
+    fn it_should_keep_carrying_the_clients_bytes_after_the_upstream_closes_its_side(mode) {
+        let (got_tx, got_rx) = mpsc::channel();
+        let upstream = backend(move |mut s| {
+            s.write_all(b"bye").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            got_tx.send(rest).unwrap();
+        });
         let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
         let mut client = connect(&proxy);
-        assert_eq!(read_all(&mut client), "bye");
+        assert_eq!(read_to_end(&mut client), (b"bye".to_vec(), Ended::Eof), "{mode}");
         client.write_all(b"still talking").unwrap();
         client.shutdown(Shutdown::Write).unwrap();
         let rest = got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
