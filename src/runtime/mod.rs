@@ -5,6 +5,7 @@ mod accept;
 mod affinity;
 mod listeners;
 mod log_limit;
+mod port_check;
 mod worker;
 
 pub use listeners::{ListenerChange, ListenerPlan, Listeners};
@@ -38,6 +39,24 @@ pub enum StartError {
         addr: SocketAddr,
         /// What the OS said.
         source: io::Error,
+    },
+    /// Another process already listens on a listener's address.
+    #[error(
+        "listeners.{listener}.listen = \"{addr}\": another process already listens on {held} \
+         ({process}); l4mesh does not share a port with another process, as the kernel would \
+         split the clients between them; fix: stop that process (another l4mesh on the same \
+         config?) or choose another address"
+    )]
+    Taken {
+        /// The listener's name.
+        listener: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// The address the other process listens on (the same, or a
+        /// wildcard covering it, or one it covers).
+        held: SocketAddr,
+        /// Which process, as well as can be told.
+        process: String,
     },
     /// The health-check thread could not be started.
     #[error("cannot start the health-check thread: {0}")]
