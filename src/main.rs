@@ -161,15 +161,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: every proxied
 /// connection holds two descriptors, and the default soft limit (often 1024)
-/// would cap the proxy at a few hundred connections.
+/// would cap the proxy at a few hundred connections. How many clients fit
+/// is logged when the proxy starts, which enforces it.
 fn raise_fd_limit() {
-    /// Descriptors kept for listeners, rings, logs and the like.
-    const RESERVED: u64 = 64;
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => log::info!(
-            "file descriptor limit {limit}: room for about {} proxied connections",
-            limit.saturating_sub(RESERVED) / 2
-        ),
-        Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the file descriptor limit: {e}");
     }
 }

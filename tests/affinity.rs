@@ -47,19 +47,32 @@ fn with_affinity(value: &str) -> String {
 /// worker threads have ended by the time the next test starts.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Checks the workers' CPUs and one round trip, then stops the proxy.
-fn check(text: &str, expect: impl Fn(&[usize]) -> [Vec<usize>; 2]) {
+/// `text` with `runtime.workers` set to `workers`.
+fn with_workers(text: &str, workers: usize) -> String {
+    text.replacen("workers = 2\n", &format!("workers = {workers}\n"), 1)
+}
+
+/// Checks the CPUs of the first `workers` workers and one round trip, then
+/// stops the proxy.
+fn check_workers(text: &str, workers: usize, expect: impl Fn(&[usize]) -> Vec<Vec<usize>>) {
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cpus = process_cpus();
     let proxy = start_proxy(text);
-    let found = [cpus_of("l4mesh-w0"), cpus_of("l4mesh-w1")];
+    let found: Vec<Vec<usize>> = (0..workers)
+        .map(|i| cpus_of(&format!("l4mesh-w{i}")))
+        .collect();
     let echoed = echoes(&proxy);
     proxy.stop_handle().stop();
     proxy.wait();
     assert_eq!(found, expect(&cpus), "the process may use {cpus:?}");
     assert!(echoed);
+}
+
+/// [`check_workers`] for the two workers of the test configs.
+fn check(text: &str, expect: impl Fn(&[usize]) -> [Vec<usize>; 2]) {
+    check_workers(text, 2, |cpus| expect(cpus).to_vec());
 }
 
 /// One round trip through the proxy's echo backend.
@@ -72,15 +85,24 @@ fn echoes(proxy: &l4mesh::Proxy) -> bool {
 
 #[test]
 fn it_should_pin_each_worker_to_its_own_cpu_by_default_when_there_is_one_per_cpu() {
-    // The test configs run two workers: pinned on a machine (or cpuset) of
-    // at most two CPUs, left to the scheduler on a bigger one.
-    check(&config_text(&[(echo_backend(), 1)], ""), |cpus| {
-        if cpus.len() <= 2 {
-            [vec![cpus[0]], vec![cpus[1 % cpus.len()]]]
-        } else {
-            [cpus.to_vec(), cpus.to_vec()]
-        }
+    // As many workers as CPUs this process may use, whatever the machine.
+    let cpus = process_cpus();
+    let text = with_workers(&config_text(&[(echo_backend(), 1)], ""), cpus.len());
+    check_workers(&text, cpus.len(), |cpus| {
+        cpus.iter().map(|&cpu| vec![cpu]).collect()
     });
+}
+
+#[test]
+fn it_should_leave_workers_to_the_scheduler_by_default_with_fewer_workers_than_cpus() {
+    let cpus = process_cpus();
+    assert!(
+        cpus.len() >= 2,
+        "this test needs a process that may use at least two CPUs: {cpus:?}"
+    );
+    let workers = cpus.len() - 1;
+    let text = with_workers(&config_text(&[(echo_backend(), 1)], ""), workers);
+    check_workers(&text, workers, |cpus| vec![cpus.to_vec(); workers]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -167,4 +168,93 @@ fn skips_full_endpoints(mode: &str) {
     eventually(Duration::from_secs(5), "room on A", || {
         tag_of(web) == Some(b'A')
     });
+}
+
+/// Clients sent at once to a proxy limited to 128 descriptors.
+const CROWD: usize = 200;
+
+/// Under a descriptor limit far below what the clients need, l4mesh stops
+/// accepting when the next client could not be served, leaving the rest in
+/// the backlog, and takes them as connections close: every one is served
+/// with its exact bytes, none is reset.
+fn serves_a_crowd_under_a_low_descriptor_limit(mode: &str) {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        panic!("prlimit (util-linux) is needed for this test");
+    }
+    let text = config_text(&[(echo_backend(), 1)], "").replacen(
+        "[runtime]\n",
+        "[runtime]\nbacklog = 1024\n",
+        1,
+    ) + "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let binary = Binary::start(&with_forward(&text, mode), &["prlimit", "--nofile=128:128"]);
+    let addr = binary.addr();
+    let start = Arc::new(Barrier::new(CROWD));
+    let clients: Vec<_> = (0..CROWD)
+        .map(|i| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || -> Result<(), String> {
+                let sent = format!("client {i:03} ").repeat(300).into_bytes();
+                start.wait();
+                let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                // Held open a moment before talking, as a real client would.
+                thread::sleep(Duration::from_millis(50));
+                stream.write_all(&sent).map_err(|e| format!("write: {e}"))?;
+                stream
+                    .shutdown(std::net::Shutdown::Write)
+                    .map_err(|e| format!("shutdown: {e}"))?;
+                let mut back = Vec::new();
+                stream
+                    .read_to_end(&mut back)
+                    .map_err(|e| format!("read after {} bytes: {e}", back.len()))?;
+                if back == sent {
+                    Ok(())
+                } else {
+                    Err(format!("{} bytes back of {}", back.len(), sent.len()))
+                }
+            })
+        })
+        .collect();
+    let failed: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{mode}: {} of {CROWD} clients not served: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // It said so once, and counted the time.
+    let line = binary.wait_for_line(Duration::from_secs(5), "at capacity: ");
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(binary.count_lines("at capacity: "), 1);
+    assert_eq!(binary.count_lines("Too many open files"), 0);
+    let admin = binary.wait_for_line(Duration::from_secs(5), "admin listener on http://");
+    let admin: SocketAddr = admin
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let paused = samples(admin)["l4mesh_accept_paused_seconds_total"];
+    assert!(paused > 0.0, "{paused}");
+}
+
+#[test]
+fn it_should_serve_every_client_past_the_descriptor_limit_when_forwarding_auto() {
+    serves_a_crowd_under_a_low_descriptor_limit("auto");
+}
+
+#[test]
+fn it_should_serve_every_client_past_the_descriptor_limit_when_splicing() {
+    serves_a_crowd_under_a_low_descriptor_limit("splice");
+}
+
+#[test]
+fn it_should_serve_every_client_past_the_descriptor_limit_when_copying() {
+    serves_a_crowd_under_a_low_descriptor_limit("copy");
 }

@@ -349,6 +349,17 @@ fn control(w: &mut Writer, sources: &Sources<'_>) {
         "Generation of the routing table in use.",
     );
     w.sample(CONFIG_GENERATION, &[], sources.snapshot.generation);
+    w.family(
+        ACCEPT_PAUSED_SECONDS_TOTAL,
+        "counter",
+        "Seconds spent not accepting because as many clients were open as the descriptor limit \
+         allows.",
+    );
+    w.sample(
+        ACCEPT_PAUSED_SECONDS_TOTAL,
+        &[],
+        crate::runtime::accept_paused_seconds(),
+    );
     if let Some(log) = sources.access_log {
         w.family(
             ACCESS_LOG_DROPPED_TOTAL,

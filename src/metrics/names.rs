@@ -36,6 +36,9 @@ pub const CONNECTIONS_RESET_TOTAL: &str = "l4mesh_connections_reset_total";
 pub const OUTLIER_EJECTIONS_TOTAL: &str = "l4mesh_outlier_ejections_total";
 /// Connections balanced in panic mode, per service.
 pub const PANIC_TOTAL: &str = "l4mesh_panic_total";
+/// Seconds accept loops waited because the process was at its connection
+/// capacity (clients waited in the backlog meanwhile).
+pub const ACCEPT_PAUSED_SECONDS_TOTAL: &str = "l4mesh_accept_paused_seconds_total";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "l4mesh_access_log_dropped_total";
 /// CPU time used.

@@ -5,6 +5,7 @@
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use tokio::io::unix::AsyncFd;
 
 /// Binds `count` sockets to `addr` with `SO_REUSEPORT`. When `addr` has port
 /// 0, the first socket picks the port and the others join it.
@@ -16,6 +17,20 @@ pub fn bind_group(addr: SocketAddr, count: usize, backlog: u32) -> io::Result<Ve
         group.push(bind_one(addr, backlog)?);
     }
     Ok(group)
+}
+
+/// `socket`, made non-blocking and registered with the current tokio
+/// runtime's reactor, so a worker can wait until a client is there before
+/// deciding to accept it (tokio's own listener only waits and accepts in
+/// one step). Must be called on a tokio runtime.
+pub fn readiness(socket: TcpListener) -> io::Result<AsyncFd<TcpListener>> {
+    socket.set_nonblocking(true)?;
+    // SAFETY: the `AsyncFd` owns `socket`, so the descriptor it registers
+    // stays open, and is the same one, until the `AsyncFd` is dropped (it
+    // is never taken back out with `into_inner`).
+    #[allow(unsafe_code)]
+    let registered = unsafe { AsyncFd::register(socket) };
+    registered.map_err(io::Error::from)
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
@@ -45,6 +60,23 @@ mod tests {
         for l in &group {
             assert_eq!(l.local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn it_should_wake_a_registered_listener_when_a_client_arrives() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+            let addr = group[0].local_addr().unwrap();
+            let listener = readiness(group.into_iter().next().unwrap()).unwrap();
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let mut ready = listener.readable().await.unwrap();
+            let accepted = ready.try_io(|l| l.get_ref().accept()).unwrap().unwrap();
+            assert_eq!(accepted.1.ip(), addr.ip());
+        });
     }
 
     #[test]

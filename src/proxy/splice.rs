@@ -453,9 +453,21 @@ mod tests {
 
     #[test]
     fn it_should_reuse_pipes_and_size_them() {
+        // 256 KiB is under the default pipe-max-size (1 MiB) and four times
+        // the kernel's default pipe size, so only a resize gives it.
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(max >= 256 * 1024, "pipe-max-size {max} is below 256 KiB");
         let pool = PipePool::new(256 * 1024, 2, 8, true);
         let (a, b) = (pool.take().unwrap(), pool.take().unwrap());
-        assert!(a.capacity >= 65536);
+        assert_eq!(fcntl_getpipe_size(&a.write).unwrap(), 256 * 1024);
+        assert_eq!(
+            (a.capacity, a.slots),
+            (256 * 1024, 256 * 1024 / page_size())
+        );
         pool.give_back(a);
         pool.give_back(b);
         assert_eq!(pool.free.borrow().len(), 2);
@@ -464,6 +476,21 @@ mod tests {
         pool.give_back(pool.take().unwrap());
         pool.give_back(Pipe::new(65536).unwrap());
         assert_eq!(pool.free.borrow().len(), 2);
+    }
+
+    #[test]
+    fn it_should_record_the_size_the_kernel_gave_when_it_refuses_the_one_asked_for() {
+        // Past pipe-max-size an unprivileged process is refused (and keeps
+        // what the pipe had); root may go past it. Either way the pipe's
+        // recorded capacity is the one the kernel reports.
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pipe = Pipe::new(max * 2).unwrap();
+        assert_eq!(pipe.capacity, fcntl_getpipe_size(&pipe.write).unwrap());
+        assert_eq!(pipe.slots, pipe.capacity / page_size());
     }
 
     #[test]

@@ -1,55 +1,47 @@
 //! The accept loop of one listener on one worker.
 //!
-//! Running out of file descriptors (EMFILE/ENFILE) or kernel memory is
-//! survivable: the pending connection stays in the backlog, so the loop logs
-//! (at most one line a second across the process), sleeps briefly and tries
-//! again rather than spinning on an error that cannot clear by itself.
+//! A client is accepted only when the process-wide [`Budget`] has room for
+//! it: at capacity the loop waits for a connection to close, leaving new
+//! clients in the listen backlog, rather than accepting a client it could
+//! not open an upstream socket for. So the loop waits for room first, then
+//! for the socket to be readable, then takes a slot and accepts
+//! (non-blocking): no slot is held while no client is there, so a quiet
+//! listener never keeps room from a busy one. Accepting on readiness serves
+//! both event loops: a client for the io_uring copy path is accepted the
+//! same way and handed over as a blocking socket.
+//!
+//! Running out of descriptors anyway (EMFILE/ENFILE: the control plane
+//! took more than its reserve, say) or out of kernel memory is survivable:
+//! the pending connection stays in the backlog, so the loop logs (at most
+//! one line a second across the process), sleeps briefly and tries again
+//! rather than spinning on an error that cannot clear by itself.
 
+use super::budget::{Budget, Slot};
 use super::log_limit::RESOURCE_ERRORS;
+use crate::proxy::listener::readiness;
 use crate::proxy::session::{self, Client, WorkerState};
-use socket2::SockRef;
+use rustix::net::{SocketFlags, acceptfrom_with};
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener as StdListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_uring::net::TcpListener;
 
 /// How long to wait after a resource error before accepting again.
 const BACKOFF: Duration = Duration::from_millis(100);
 
-/// A listening socket on whichever driver serves it.
-enum Acceptor {
-    /// Accepts through io_uring: clients are forwarded by copying.
-    Uring(TcpListener),
-    /// Accepts on readiness: clients stay on the readiness driver, ready to
-    /// be spliced without moving their socket between drivers.
-    Ready(tokio::net::TcpListener),
-}
-
-impl Acceptor {
-    async fn accept(&self) -> io::Result<(Client, SocketAddr)> {
-        match self {
-            Acceptor::Uring(l) => l.accept().await.map(|(c, p)| (Client::Uring(c), p)),
-            Acceptor::Ready(l) => l.accept().await.map(|(c, p)| (Client::Ready(c), p)),
-        }
-    }
-}
-
 /// Accepts on `socket` until `stop` turns true, serving each client on this
-/// worker.
+/// worker while `budget` has room.
 pub async fn accept_loop(
-    socket: StdListener,
+    socket: TcpListener,
     name: Arc<str>,
     worker: Rc<WorkerState>,
+    budget: Arc<Budget>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // A second handle on the same socket, to shut it down: a dropped io_uring
-    // accept stays in the kernel, and shutting the socket down is what ends it
-    // and stops the kernel queueing clients here.
-    let control = match socket.try_clone() {
-        Ok(control) => control,
+    let listener = match readiness(socket) {
+        Ok(listener) => listener,
         Err(e) => {
             log::error!(
                 "worker {}: listener {name}: {e}; not accepting",
@@ -58,37 +50,76 @@ pub async fn accept_loop(
             return;
         }
     };
-    let acceptor = if worker.pipes.is_some() {
-        match socket
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(socket))
-        {
-            Ok(listener) => Acceptor::Ready(listener),
-            Err(e) => {
-                log::error!(
-                    "worker {}: listener {name}: {e}; not accepting",
-                    worker.index
-                );
-                return;
-            }
-        }
+    // Clients for the copy path go to io_uring, which answers EAGAIN
+    // instead of waiting on an O_NONBLOCK socket.
+    let flags = if worker.pipes.is_some() {
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
     } else {
-        Acceptor::Uring(TcpListener::from_std(socket))
+        SocketFlags::CLOEXEC
     };
     loop {
-        let accepted = tokio::select! {
-            accepted = acceptor.accept() => accepted,
+        if !budget.has_room() {
+            tokio::select! {
+                () = budget.wait_for_room() => {}
+                _ = stop.wait_for(|stopping| *stopping) => break,
+            }
+        }
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(e) => {
+                    handle_error(&e, &name).await;
+                    continue;
+                }
+            },
             _ = stop.wait_for(|stopping| *stopping) => break,
         };
-        match accepted {
-            Ok((client, peer)) => {
-                let (name, worker) = (Arc::clone(&name), Rc::clone(&worker));
-                tokio::task::spawn_local(session::serve(client, peer, name, worker));
+        // Another loop may have taken the last slot meanwhile: then the
+        // client stays in the backlog and this loop waits for room.
+        let Some(slot) = budget.take() else {
+            continue;
+        };
+        match ready
+            .try_io(|listener| acceptfrom_with(listener.get_ref(), flags).map_err(io::Error::from))
+        {
+            Ok(Ok((fd, peer))) => {
+                let stream = TcpStream::from(fd);
+                let peer = match peer.map(SocketAddr::try_from) {
+                    Some(Ok(peer)) => Ok(peer),
+                    _ => stream.peer_addr(),
+                };
+                match peer.and_then(|peer| Ok((client(stream, flags)?, peer))) {
+                    Ok((client, peer)) => serve(client, peer, &name, &worker, slot),
+                    Err(e) => log::debug!("listener {name}: accepted client: {e}"),
+                }
             }
-            Err(e) => handle_error(&e, &name).await,
+            Ok(Err(e)) => {
+                drop(slot);
+                handle_error(&e, &name).await;
+            }
+            // Not readable after all (another worker took the client).
+            Err(_would_block) => {}
         }
     }
-    let _ = SockRef::from(&control).shutdown(Shutdown::Read);
+    // The socket closes here: clients are refused from now on.
+}
+
+/// The accepted socket on the event loop that forwards it.
+fn client(stream: TcpStream, flags: SocketFlags) -> io::Result<Client> {
+    if flags.contains(SocketFlags::NONBLOCK) {
+        tokio::net::TcpStream::from_std(stream).map(Client::Ready)
+    } else {
+        Ok(Client::Uring(tokio_uring::net::TcpStream::from_std(stream)))
+    }
+}
+
+/// Serves `client` on this worker; its slot is freed when it is done.
+fn serve(client: Client, peer: SocketAddr, name: &Arc<str>, worker: &Rc<WorkerState>, slot: Slot) {
+    let (name, worker) = (Arc::clone(name), Rc::clone(worker));
+    tokio::task::spawn_local(async move {
+        session::serve(client, peer, name, worker).await;
+        drop(slot);
+    });
 }
 
 async fn handle_error(error: &io::Error, name: &str) {

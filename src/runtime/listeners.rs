@@ -1,13 +1,16 @@
 //! The set of bound listeners and how it changes: a reload binds every new
 //! or moved listener on every worker first (so an unbindable address rejects
 //! the whole reload before anything changes), and only then tells the
-//! workers to start and stop accept loops.
+//! workers to start and stop accept loops. An address another process
+//! listens on is refused before binding (see [`super::port_check`]).
 
 use super::StartError;
+use super::port_check;
 use crate::config::ListenerConfig;
 use crate::proxy::listener::bind_group;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -35,7 +38,7 @@ pub type BoundAddrs = Arc<Mutex<BTreeMap<String, SocketAddr>>>;
 /// Bound sockets waiting to be handed to the workers.
 #[derive(Debug, Default)]
 pub struct ListenerPlan {
-    add: Vec<(ListenerConfig, SocketAddr, Vec<TcpListener>)>,
+    add: Vec<(ListenerConfig, SocketAddr, Vec<TcpListener>, Vec<u64>)>,
     rebound: Vec<String>,
     remove: Vec<String>,
 }
@@ -49,7 +52,7 @@ impl ListenerPlan {
     /// One line saying what it changes, like `+api ~web -old` (added,
     /// rebound to a new address, removed).
     pub fn summary(&self) -> String {
-        let added = self.add.iter().map(|(l, _, _)| {
+        let added = self.add.iter().map(|(l, _, _, _)| {
             let sign = if self.rebound.contains(&l.name) {
                 '~'
             } else {
@@ -68,6 +71,9 @@ pub struct Listeners {
     workers: Vec<UnboundedSender<ListenerChange>>,
     backlog: u32,
     current: BTreeMap<String, ListenerConfig>,
+    /// The socket inodes of each current listener's sockets, which the
+    /// check for other processes' listeners leaves out.
+    inodes: BTreeMap<String, Vec<u64>>,
     bound: BoundAddrs,
 }
 
@@ -78,6 +84,7 @@ impl Listeners {
             workers,
             backlog,
             current: BTreeMap::new(),
+            inodes: BTreeMap::new(),
             bound: BoundAddrs::default(),
         }
     }
@@ -91,9 +98,11 @@ impl Listeners {
     /// changed, once per worker; nothing changes for the workers yet. Other
     /// settings (its service, `max_connections`) are read from the routing
     /// table per connection, so changing them keeps the socket (and a port
-    /// the kernel chose).
+    /// the kernel chose). An explicit address that another process listens
+    /// on (or a wildcard that covers it) is refused.
     pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, StartError> {
         let mut plan = ListenerPlan::default();
+        let own: HashSet<u64> = self.inodes.values().flatten().copied().collect();
         for listener in wanted {
             if self
                 .current
@@ -107,13 +116,28 @@ impl Listeners {
                 addr: listener.listen,
                 source,
             };
+            if listener.listen.port() != 0
+                && let Some(holder) = port_check::holder(listener.listen, &own)
+            {
+                return Err(StartError::Taken {
+                    listener: listener.name.clone(),
+                    addr: listener.listen,
+                    held: holder.addr,
+                    process: holder.process.to_string(),
+                });
+            }
             let group = bind_group(listener.listen, self.workers.len(), self.backlog)
                 .map_err(bind_error)?;
             let addr = group[0].local_addr().map_err(bind_error)?;
+            let inodes = group
+                .iter()
+                .map(|socket| rustix::fs::fstat(socket.as_fd()).map(|stat| stat.st_ino))
+                .collect::<Result<Vec<u64>, _>>()
+                .map_err(|e| bind_error(e.into()))?;
             if self.current.contains_key(&listener.name) {
                 plan.rebound.push(listener.name.clone());
             }
-            plan.add.push((listener.clone(), addr, group));
+            plan.add.push((listener.clone(), addr, group, inodes));
         }
         plan.remove = self
             .current
@@ -133,14 +157,16 @@ impl Listeners {
                 let _ = worker.send(ListenerChange::Remove { name: name.clone() });
             }
             self.current.remove(&name);
+            self.inodes.remove(&name);
             bound.remove(&name);
         }
-        for (listener, addr, group) in plan.add {
+        for (listener, addr, group, inodes) in plan.add {
             for (worker, socket) in self.workers.iter().zip(group) {
                 let name = listener.name.clone();
                 let _ = worker.send(ListenerChange::Add { name, socket });
             }
             bound.insert(listener.name.clone(), addr);
+            self.inodes.insert(listener.name.clone(), inodes);
             self.current.insert(listener.name.clone(), listener);
         }
     }

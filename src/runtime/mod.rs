@@ -3,10 +3,13 @@
 
 mod accept;
 mod affinity;
+mod budget;
 mod listeners;
 mod log_limit;
+mod port_check;
 mod worker;
 
+pub use budget::accept_paused_seconds;
 pub use listeners::{ListenerChange, ListenerPlan, Listeners};
 pub use log_limit::{LogLimit, RESOURCE_ERRORS};
 
@@ -15,6 +18,7 @@ use crate::control::{Registrations, Snapshot, Table};
 use crate::health::Checker;
 use crate::metrics::access_log::AccessLog;
 use arc_swap::ArcSwap;
+use budget::{Budget, Sizing};
 use listeners::BoundAddrs;
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +42,24 @@ pub enum StartError {
         addr: SocketAddr,
         /// What the OS said.
         source: io::Error,
+    },
+    /// Another process already listens on a listener's address.
+    #[error(
+        "listeners.{listener}.listen = \"{addr}\": another process already listens on {held} \
+         ({process}); l4mesh does not share a port with another process, as the kernel would \
+         split the clients between them; fix: stop that process (another l4mesh on the same \
+         config?) or choose another address"
+    )]
+    Taken {
+        /// The listener's name.
+        listener: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// The address the other process listens on (the same, or a
+        /// wildcard covering it, or one it covers).
+        held: SocketAddr,
+        /// Which process, as well as can be told.
+        process: String,
     },
     /// The health-check thread could not be started.
     #[error("cannot start the health-check thread: {0}")]
@@ -136,10 +158,38 @@ impl ProxyControl {
 /// shared between the workers (two descriptors a pipe), leaving the rest
 /// for sockets. Pipes are held only while a chunk is in flight, so this
 /// bounds bursts, not connections; past it, chunks are copied instead.
-fn pipe_budget(workers: usize) -> usize {
-    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+fn pipe_budget(limit: u64, workers: usize) -> usize {
     let per_worker = limit / 4 / 2 / workers.max(1) as u64;
     usize::try_from(per_worker).unwrap_or(usize::MAX).max(1)
+}
+
+/// The connection budget for this descriptor limit (see [`budget`]),
+/// logged with how it was worked out.
+fn connection_budget(limit: u64, workers: usize, pipes_per_worker: Option<usize>) -> Arc<Budget> {
+    let pipe_fds = pipes_per_worker.map_or(0, |pipes| 2 * (pipes * workers) as u64);
+    // Under a handful of descriptors open now (listeners, logs, the
+    // registry socket), the guess for a process that cannot count them.
+    let open = budget::open_descriptors().unwrap_or(64);
+    let sizing = Sizing::new(limit, open, workers, pipe_fds);
+    let pipes = if pipe_fds == 0 {
+        String::new()
+    } else {
+        format!(", {pipe_fds} for splice pipes")
+    };
+    log::info!(
+        "descriptor limit {limit}: at most {} clients open at once (two descriptors each; {} \
+         reserved{pipes}); more wait in the listen backlog",
+        sizing.capacity,
+        sizing.reserved
+    );
+    if sizing.reserved + pipe_fds + 2 > limit {
+        log::warn!(
+            "the descriptor limit {limit} is too low for l4mesh's reserve ({} descriptors{pipes}); \
+             clients are served one at a time; raise `ulimit -n`",
+            sizing.reserved
+        );
+    }
+    Budget::new(sizing)
 }
 
 /// A running proxy.
@@ -166,6 +216,13 @@ impl Proxy {
         let table: Table = Arc::new(ArcSwap::from_pointee(snapshot));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = StopHandle(Arc::new(stop_tx));
+        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+        let max_pipes = pipe_budget(limit, workers);
+        let budget = connection_budget(
+            limit,
+            workers,
+            config.runtime.forward.splices().then_some(max_pipes),
+        );
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
         let cpus = affinity::worker_cpus(&config.runtime.cpu_affinity, workers);
         let mut handles = Vec::new();
@@ -180,8 +237,9 @@ impl Proxy {
                 stop: stop_rx.clone(),
                 access_log: access_log.clone(),
                 forward: config.runtime.forward,
-                max_pipes: pipe_budget(workers),
+                max_pipes,
                 pipe_size: config.runtime.pipe_size,
+                budget: Arc::clone(&budget),
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()

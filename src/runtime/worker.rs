@@ -12,6 +12,7 @@
 //! seccomp profile, say).
 
 use super::accept::accept_loop;
+use super::budget::Budget;
 use super::listeners::ListenerChange;
 use crate::config::ForwardMode;
 use crate::control::Table;
@@ -58,6 +59,8 @@ pub struct WorkerPlan {
     pub max_pipes: usize,
     /// Bytes per splice pipe.
     pub pipe_size: usize,
+    /// Clients the whole process may have open at once.
+    pub budget: Arc<Budget>,
 }
 
 /// Runs the worker until it is stopped and drained. Sends `Ok` on `ready`
@@ -159,6 +162,7 @@ async fn serve(mut plan: WorkerPlan) {
                     socket,
                     Arc::from(name.as_str()),
                     Rc::clone(&worker),
+                    Arc::clone(&plan.budget),
                     stop_rx,
                 ));
                 if let Some((old_stop, old_task)) = loops.insert(name, (stop_tx, task)) {
