@@ -9,7 +9,7 @@ use super::protocol::{self, MAX_LINE};
 use crate::config::RegistryConfig;
 use serde_json::{Value, json};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,9 +67,7 @@ impl RegistryServer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(create)?;
         }
-        let listener = UnixListener::bind(&path).map_err(create)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(config.mode))
-            .map_err(create)?;
+        let listener = bind_with_mode(&path, config.mode).map_err(create)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stopping);
         let acceptor = std::thread::Builder::new()
@@ -125,6 +123,33 @@ fn remove_stale(path: &Path) -> Result<(), RegistryError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Binds a listening socket at `path` whose file has `mode` from the moment
+/// it appears there: it is bound in a fresh private (0700) directory beside
+/// `path`, given its mode, and renamed into place. Binding then chmod'ing in
+/// place would leave a window where the umask's mode applies; binding under
+/// a narrower umask would not, but the umask is process-wide and other
+/// threads create files meanwhile.
+fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Short names: the staged path must fit in a Unix socket address too.
+    let private = parent.join(format!(".l4m-{:08x}", fastrand::u32(..)));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let placed = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    let _ = std::fs::remove_dir(&private);
+    placed
 }
 
 fn accept(listener: UnixListener, control: ControlHandle, stopping: Arc<AtomicBool>) {
@@ -204,4 +229,101 @@ fn write_reply(stream: &mut UnixStream, reply: &Value) -> io::Result<()> {
     let mut line = reply.to_string();
     line.push('\n');
     stream.write_all(line.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+    use std::mem::MaybeUninit;
+
+    /// A fresh directory under the system temp dir.
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "l4mesh-registry-unit-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Every inotify event on `name` in the watched directory so far.
+    fn events_on(fd: &rustix::fd::OwnedFd, name: &str) -> Vec<ReadFlags> {
+        let mut buf = [MaybeUninit::uninit(); 4096];
+        let mut reader = inotify::Reader::new(fd, &mut buf);
+        let mut found = Vec::new();
+        while let Ok(event) = reader.next() {
+            if event
+                .file_name()
+                .is_some_and(|n| n.to_bytes() == name.as_bytes())
+            {
+                found.push(event.events());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn it_should_make_the_socket_appear_with_its_final_mode_and_never_change_it() {
+        for mode in [0o600, 0o660, 0o666] {
+            let dir = temp_dir();
+            let path = dir.join("registry.sock");
+            let watch = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+            inotify::add_watch(
+                &watch,
+                &dir,
+                WatchFlags::CREATE | WatchFlags::ATTRIB | WatchFlags::MOVED_TO,
+            )
+            .unwrap();
+            let _listener = bind_with_mode(&path, mode).unwrap();
+            // Born by a rename, with no mode change after: the file never
+            // had any other mode at this path (bind in place shows CREATE
+            // then ATTRIB).
+            assert_eq!(
+                events_on(&watch, "registry.sock"),
+                [ReadFlags::MOVED_TO],
+                "mode {mode:o}"
+            );
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(meta.file_type().is_socket());
+            assert_eq!(meta.permissions().mode() & 0o7777, mode);
+            // The private directory is gone and the socket answers.
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+            assert_eq!(left.len(), 1, "{left:?}");
+            UnixStream::connect(&path).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn it_should_leave_nothing_behind_when_the_socket_cannot_be_placed() {
+        let dir = temp_dir();
+        // A directory in the way: rename(2) refuses to replace it.
+        let path = dir.join("taken");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), b"").unwrap();
+        assert!(bind_with_mode(&path, 0o600).is_err());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn it_should_give_the_started_server_the_configured_mode() {
+        let dir = temp_dir();
+        let config = RegistryConfig {
+            socket: dir.join("r.sock"),
+            mode: 0o640,
+        };
+        let (control, _commands) = ControlHandle::channel();
+        let server = RegistryServer::start(&config, control).unwrap();
+        let mode = std::fs::metadata(server.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
