@@ -7,6 +7,7 @@
 use super::access_log::AccessLog;
 use super::exposition::{self, Sources};
 use super::http::{self, Limits, Response};
+use super::process::ProcessStats;
 use crate::control::{ReloadStats, Snapshot};
 use crate::health::monotonic_ms;
 use crate::runtime::ProxyControl;
@@ -44,6 +45,8 @@ impl Admin {
                  readable by anyone who can reach it"
             );
         }
+        // Opened now, while descriptors are to be had: a scrape needs none.
+        ProcessStats::open_sources();
         let answer = Arc::new(move |method: &str, path: &str| route(&state, method, path));
         http::spawn(listener, Limits::ADMIN, "l4mesh-admin", answer)?;
         log::info!("admin listener on http://{addr} (/metrics, /healthz, /config)");
