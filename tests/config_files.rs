@@ -2,6 +2,7 @@
 //! with the message its `# expect:` lines give; `--check` exits 0 or 1.
 
 use l4mesh::Config;
+use l4mesh::config::{ConfigError, Problem};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -29,8 +30,51 @@ fn it_should_load_every_shipped_config_and_valid_fixture() {
     }
 }
 
+/// The sections a key path can start with.
+const SECTIONS: [&str; 6] = [
+    "runtime",
+    "listeners",
+    "services",
+    "registry",
+    "admin",
+    "access_log",
+];
+
+/// Asserts that `problem` names a key path of the file, a value, a reason
+/// and a fix, and that the message shows them as `key = value: reason; fix:
+/// fix`.
+fn assert_explained(problem: &Problem, message: &str) {
+    let section = problem.key.split(['.', '[']).next().unwrap_or_default();
+    assert!(
+        SECTIONS.contains(&section) && !problem.key.ends_with('.'),
+        "not a key path: {problem:?}"
+    );
+    assert!(!problem.value.is_empty(), "no value: {problem:?}");
+    assert!(!problem.reason.is_empty(), "no reason: {problem:?}");
+    assert!(!problem.fix.is_empty(), "no fix: {problem:?}");
+    let shown = format!(
+        "{} = {}: {}; fix: {}",
+        problem.key, problem.value, problem.reason, problem.fix
+    );
+    assert!(message.contains(&shown), "{message}\nlacks: {shown}");
+}
+
+/// Asserts that a syntax error says where: `line L, column C: what`.
+fn assert_located(message: &str) {
+    let (line, rest) = message
+        .strip_prefix("line ")
+        .and_then(|m| m.split_once(", column "))
+        .unwrap_or_else(|| panic!("no line and column: {message}"));
+    let (column, what) = rest
+        .split_once(": ")
+        .unwrap_or_else(|| panic!("no column: {message}"));
+    assert!(line.parse::<u32>().is_ok_and(|l| l >= 1), "{message}");
+    assert!(column.parse::<u32>().is_ok_and(|c| c >= 1), "{message}");
+    assert!(!what.trim().is_empty(), "{message}");
+}
+
 #[test]
-fn it_should_explain_every_invalid_fixture() {
+fn it_should_explain_every_invalid_fixture_with_its_key_path_and_fix() {
     for file in toml_files("tests/fixtures/invalid") {
         let text = std::fs::read_to_string(&file).unwrap();
         let expected: Vec<&str> = text
@@ -42,20 +86,46 @@ fn it_should_explain_every_invalid_fixture() {
             "{} has no `# expect:` line",
             file.display()
         );
-        let message = match Config::load(&file) {
+        let error = match Config::load(&file) {
             Ok(_) => panic!("{} should be invalid", file.display()),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
+        let message = error.to_string();
         assert!(
-            message.starts_with(&file.display().to_string()),
+            message.starts_with(&format!("{}: ", file.display())),
             "the message names the file: {message}"
         );
-        for needle in expected {
+        for needle in &expected {
             assert!(
                 message.contains(needle),
                 "{}:\n{message}\nlacks: {needle}",
                 file.display()
             );
+        }
+        match &error {
+            ConfigError::Invalid { problems, .. } => {
+                for problem in problems {
+                    assert_explained(problem, &message);
+                    // The fixture pins every key that is wrong, and how
+                    // to fix it.
+                    let key = format!("{} = ", problem.key);
+                    assert!(
+                        expected.iter().any(|e| e.contains(&key)),
+                        "{}: no `# expect:` names {key}",
+                        file.display()
+                    );
+                    let fix = format!("; fix: {}", problem.fix);
+                    assert!(
+                        expected.iter().any(|e| e.contains("; fix: ")
+                            && fix.contains(e.split_once("; fix: ").unwrap().1)),
+                        "{}: no `# expect:` gives the fix of {}",
+                        file.display(),
+                        problem.key
+                    );
+                }
+            }
+            ConfigError::Syntax { message, .. } => assert_located(message),
+            ConfigError::Read { .. } => panic!("{message}"),
         }
     }
 }
@@ -110,10 +180,11 @@ fn it_should_answer_help_and_version() {
 }
 
 /// A cheap, always-on cousin of the `config` fuzz target: thousands of
-/// mutations of the valid fixtures (byte flips, cuts, splices of other
-/// fixtures) must each parse or fail with a message, never panic.
+/// mutations of the fixtures (byte flips, cuts, splices of other fixtures)
+/// must each parse, or fail with a message that says where (a syntax error)
+/// or names every wrong key with its value, why and the fix; never panic.
 #[test]
-fn it_should_never_panic_on_mangled_configs() {
+fn it_should_explain_every_mangled_config_and_never_panic() {
     let seeds: Vec<Vec<u8>> = toml_files("tests/fixtures/valid")
         .into_iter()
         .chain(toml_files("tests/fixtures/invalid"))
@@ -138,8 +209,19 @@ fn it_should_never_panic_on_mangled_configs() {
             }
         }
         let text = String::from_utf8_lossy(&bytes);
-        if let Err(e) = Config::parse(&text, Path::new("mangled.toml")) {
-            assert!(!e.to_string().is_empty(), "round {round}");
+        let Err(error) = Config::parse(&text, Path::new("mangled.toml")) else {
+            continue;
+        };
+        let message = error.to_string();
+        match &error {
+            ConfigError::Invalid { problems, .. } => {
+                assert!(!problems.is_empty(), "round {round}: {message}");
+                for problem in problems {
+                    assert_explained(problem, &message);
+                }
+            }
+            ConfigError::Syntax { message, .. } => assert_located(message),
+            ConfigError::Read { .. } => panic!("round {round}: {message}"),
         }
     }
 }

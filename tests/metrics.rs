@@ -363,3 +363,78 @@ fn it_should_only_query_metrics_that_metrics_exports_in_the_grafana_dashboard() 
     }
     assert!(queried >= 10);
 }
+
+/// The descriptors open in process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn it_should_report_true_descriptor_figures_while_out_of_descriptors() {
+    const LIMIT: u64 = 64;
+    let dir = TempDir::new();
+    let socket = dir.join("registry.sock");
+    let binary = Binary::start(
+        &format!(
+            "[runtime]\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [registry]\nsocket = \"{}\"\n\
+             [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n[services.web]\n",
+            socket.display()
+        ),
+        &["prlimit", &format!("--nofile={LIMIT}:{LIMIT}")],
+    );
+    let line = binary.wait_for_line(Duration::from_secs(5), "admin listener on http://");
+    let admin: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid = binary.child.id();
+
+    // A scrape's connection, accepted while descriptors are to be had; its
+    // request is sent once there are none left.
+    let before = open_fds(pid);
+    let mut scrape = TcpStream::connect(admin).unwrap();
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    eventually(Duration::from_secs(5), "the scrape accepted", || {
+        open_fds(pid) > before
+    });
+    scrape.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    // Registry clients take every descriptor left (the rest wait in the
+    // backlog).
+    let hogs: Vec<std::os::unix::net::UnixStream> = (0..LIMIT)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    binary.wait_for_line(
+        Duration::from_secs(5),
+        "registry: accept failed: Too many open files",
+    );
+    // No descriptor is left, so none opens or closes until the scrape
+    // (inherited descriptors numbered past the limit may add to the count).
+    let exhausted = open_fds(pid);
+    assert!(exhausted as u64 >= LIMIT, "{exhausted}");
+
+    scrape.write_all(b"Host: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    scrape.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    let figure = |name: &str| -> f64 {
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{response}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(figure("process_max_fds"), LIMIT as f64);
+    assert_eq!(figure("process_open_fds"), exhausted as f64);
+    assert!(figure("process_resident_memory_bytes") > 0.0);
+    assert!(figure("process_cpu_seconds_total") >= 0.0);
+    drop(hogs);
+}

@@ -3,13 +3,17 @@
 
 mod affinity;
 mod duration;
+mod endpoints;
 mod error;
 pub mod file;
+mod names;
 mod validate;
 
 pub use affinity::{CpuAffinity, cpu_list, parse_cpu_affinity};
 pub use duration::parse_duration;
+pub use endpoints::{looping_listener, unusable_endpoint};
 pub use error::{ConfigError, Problem};
+pub use names::is_valid_name;
 pub use validate::MAX_DURATION;
 
 use std::net::SocketAddr;
@@ -123,7 +127,7 @@ impl ForwardMode {
 /// One `[listeners.NAME]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
-    /// The table name.
+    /// The table name: `[A-Za-z0-9_.-]+`.
     pub name: String,
     /// Where to listen.
     pub listen: SocketAddr,
@@ -163,7 +167,7 @@ impl BalancePolicy {
 /// One `[services.NAME]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
-    /// The table name.
+    /// The table name: `[A-Za-z0-9_.-]+`.
     pub name: String,
     /// How endpoints are picked.
     pub balance: BalancePolicy,
@@ -220,11 +224,19 @@ pub struct OutlierConfig {
 /// One endpoint, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
-    /// Upstream address.
+    /// Upstream address: never a wildcard, multicast or broadcast address,
+    /// nor one of the file's listeners.
     pub addr: SocketAddr,
     /// Relative share of new connections, 1 to [`MAX_WEIGHT`].
     pub weight: u32,
 }
+
+/// The size of the scratch buffer each worker copies small chunks through
+/// when it splices (`forward = "auto"`, and `"splice"` when a splice moves
+/// nothing or no pipe can be had); what the peer cannot take at once waits
+/// in a pooled buffer of `runtime.buffer_size` bytes, which must hold it.
+/// The splice path's `SMALL` (src/proxy/splice.rs) is this size.
+pub const SCRATCH_BYTES: usize = 16 * 1024;
 
 /// The largest endpoint weight (as HAProxy's 256): it keeps the round-robin
 /// schedule, whose length is the sum of the weights, small.

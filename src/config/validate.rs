@@ -1,14 +1,16 @@
 //! Turns the file's shape into a [`Config`], collecting every problem with
 //! the key path, the value, the reason and the fix.
 
+use super::endpoints::{looping_listener, unusable_endpoint};
 use super::file::{
     FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileListener, FileOutlier, FileRegistry,
     FileRuntime, FileService,
 };
+use super::names::{is_valid_name, suggested_name, table_key};
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
     ForwardMode, HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem, RegistryConfig,
-    RuntimeConfig, ServiceConfig, parse_cpu_affinity, parse_duration,
+    RuntimeConfig, SCRATCH_BYTES, ServiceConfig, parse_cpu_affinity, parse_duration,
 };
 use rustix::thread::CpuSet;
 use std::net::SocketAddr;
@@ -108,12 +110,12 @@ fn quoted(text: &str) -> String {
 pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
     let runtime = runtime(&file.runtime, &mut problems);
+    let listeners = listeners(&file, &mut problems);
     let services: Vec<_> = file
         .services
         .iter()
-        .filter_map(|(name, s)| service(name, s, &mut problems))
+        .filter_map(|(name, s)| service(name, s, &listeners, &mut problems))
         .collect();
-    let listeners = listeners(&file, &mut problems);
     // `registry` is None either when absent or after a problem was pushed.
     let registry = file
         .registry
@@ -192,6 +194,29 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
             )
         })
         .ok();
+    if let (Some(size), Some(mode)) = (buffer_size, forward)
+        && mode.splices()
+        && size < SCRATCH_BYTES as i64
+    {
+        let mode_name = ForwardMode::ALL
+            .iter()
+            .find(|(_, m)| *m == mode)
+            .map_or("auto", |(name, _)| *name);
+        problems.push(
+            "runtime.buffer_size",
+            size,
+            &format!(
+                "with forward = \"{mode_name}\", a chunk read into the worker's {SCRATCH_BYTES}-byte \
+                 scratch buffer that the peer cannot take at once waits in a buffer of this size, \
+                 so a smaller one would be reallocated for every such chunk"
+            ),
+            &format!(
+                "use {SCRATCH_BYTES} or more (65536, the default, is measured fastest), or \
+                 forward = \"copy\" for smaller buffers"
+            ),
+        );
+        return None;
+    }
     let workers = match workers? {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -247,21 +272,60 @@ fn registry(file: &FileRegistry, problems: &mut Problems) -> Option<RegistryConf
             "give a path such as \"/run/l4mesh/registry.sock\", or remove [registry]",
         );
     }
-    let mode = u32::from_str_radix(file.mode.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o777 && *m & 0o600 == 0o600);
-    if mode.is_none() {
-        problems.push(
-            "registry.mode",
-            quoted(&file.mode),
-            "not an octal file mode that lets l4mesh's own user read and write",
-            "use \"0600\" (owner only) or a wider mode such as \"0660\"",
-        );
-    }
+    let mode = registry_mode(&file.mode)
+        .map_err(|reason| {
+            problems.push(
+                "registry.mode",
+                quoted(&file.mode),
+                reason,
+                "use \"0600\" (owner only) or a wider mode such as \"0660\" (owner and group)",
+            )
+        })
+        .ok();
     Some(RegistryConfig {
         socket: file.socket.clone().into(),
         mode: mode?,
     })
+}
+
+/// The socket's permission bits from octal text such as `"0600"` or
+/// `"0o660"`: digits 0 to 7 only (no sign, space or other base), at most
+/// 0777, and owner read and write kept, since l4mesh's own user and `ctl`
+/// use the socket.
+fn registry_mode(text: &str) -> Result<u32, &'static str> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err("a file mode is octal digits (0 to 7) only, such as \"0600\"");
+    }
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode > 0o777 => {
+            Err("it has bits above 0777 (setuid, setgid, sticky), which a socket does not use")
+        }
+        Ok(mode) if mode & 0o600 != 0o600 => {
+            Err("it must let l4mesh's own user read and write the socket (0600)")
+        }
+        Ok(mode) => Ok(mode),
+        Err(_) => {
+            Err("it has bits above 0777 (setuid, setgid, sticky), which a socket does not use")
+        }
+    }
+}
+
+/// Reports `name` (of a table in `section`) if it is not a valid name.
+fn check_name(section: &str, name: &str, referrers: &str, problems: &mut Problems) {
+    if is_valid_name(name) {
+        return;
+    }
+    problems.push(
+        &table_key(section, name),
+        quoted(name),
+        "a name may hold only letters, digits, `_`, `.` and `-`: any other character \
+         cannot be named in a registry request and breaks logfmt access-log lines",
+        &format!(
+            "rename the table, to [{}] for instance{referrers}",
+            table_key(section, &suggested_name(name))
+        ),
+    );
 }
 
 fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> {
@@ -275,7 +339,8 @@ fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> 
         },
     ) in &file.listeners
     {
-        let key = format!("listeners.{name}");
+        check_name("listeners", name, "", problems);
+        let key = table_key("listeners", name);
         let addr = problems.address(&format!("{key}.listen"), listen, true);
         let limit = max_connections.map(|n| {
             problems.integer(
@@ -339,8 +404,19 @@ fn same_listen_address(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn service(name: &str, file: &FileService, problems: &mut Problems) -> Option<ServiceConfig> {
-    let key = format!("services.{name}");
+fn service(
+    name: &str,
+    file: &FileService,
+    listeners: &[ListenerConfig],
+    problems: &mut Problems,
+) -> Option<ServiceConfig> {
+    check_name(
+        "services",
+        name,
+        ", and the listeners' `service` keys that name it",
+        problems,
+    );
+    let key = table_key("services", name);
     let balance = BalancePolicy::ALL
         .iter()
         .find(|(n, _)| *n == file.balance)
@@ -371,22 +447,46 @@ fn service(name: &str, file: &FileService, problems: &mut Problems) -> Option<Se
         100,
         "use 1 to try one endpoint only, or more to fail over to others",
     );
-    let endpoints: Vec<_> = file
+    // With each endpoint's index in the file, for the key paths.
+    let endpoints: Vec<(usize, EndpointConfig)> = file
         .endpoints
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| endpoint(&format!("{key}.endpoints[{i}]"), e, problems))
+        .filter_map(|(i, e)| Some((i, endpoint(&format!("{key}.endpoints[{i}]"), e, problems)?)))
         .collect();
-    for (i, e) in endpoints.iter().enumerate() {
-        if endpoints[..i].iter().any(|earlier| earlier.addr == e.addr) {
+    for (n, (i, e)) in endpoints.iter().enumerate() {
+        let addr_key = format!("{key}.endpoints[{i}].addr");
+        let value = quoted(&file.endpoints[*i].addr);
+        if endpoints[..n]
+            .iter()
+            .any(|(_, earlier)| earlier.addr == e.addr)
+        {
             problems.push(
-                &format!("{key}.endpoints[{i}].addr"),
-                quoted(&e.addr.to_string()),
+                &addr_key,
+                &value,
                 "this endpoint is listed twice",
                 "list each address once and use weight to give it a larger share",
             );
         }
+        if let Some(listener) = looping_listener(e.addr, listeners) {
+            let listener_key = table_key("listeners", &listener.name);
+            problems.push(
+                &addr_key,
+                &value,
+                &format!(
+                    "{listener_key} listens on {} and takes connections to this address, so \
+                     every client would be forwarded back to l4mesh itself, again and again, \
+                     until no descriptor is left",
+                    listener.listen
+                ),
+                &format!(
+                    "point the endpoint at the upstream server's own address, or move \
+                     {listener_key}.listen to another port"
+                ),
+            );
+        }
     }
+    let endpoints: Vec<EndpointConfig> = endpoints.into_iter().map(|(_, e)| e).collect();
     let panic_threshold = problems.integer(
         &format!("{key}.panic_threshold"),
         file.panic_threshold,
@@ -558,7 +658,20 @@ fn outlier(key: &str, file: &FileOutlier, problems: &mut Problems) -> Option<Out
 }
 
 fn endpoint(key: &str, file: &FileEndpoint, problems: &mut Problems) -> Option<EndpointConfig> {
-    let addr = problems.address(&format!("{key}.addr"), &file.addr, false);
+    let addr = problems
+        .address(&format!("{key}.addr"), &file.addr, false)
+        .filter(|addr| {
+            let Some(reason) = unusable_endpoint(*addr) else {
+                return true;
+            };
+            problems.push(
+                &format!("{key}.addr"),
+                quoted(&file.addr),
+                reason,
+                "use the upstream server's own IP address and port, like \"127.0.0.1:9001\"",
+            );
+            false
+        });
     let weight = problems.integer(
         &format!("{key}.weight"),
         file.weight,
@@ -736,5 +849,79 @@ mod tests {
         );
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("services.s.health.timeout = \"1500ms\""));
+    }
+
+    #[test]
+    fn it_should_read_registry_modes_of_octal_digits_only() {
+        use super::registry_mode;
+        assert_eq!(registry_mode("0600"), Ok(0o600));
+        assert_eq!(registry_mode("660"), Ok(0o660));
+        assert_eq!(registry_mode("0o666"), Ok(0o666));
+        for bad in [
+            "+600", "-600", " 0600", "0600 ", "", "0o", "0x180", "0o+600", "6_00", "0800",
+        ] {
+            let why = registry_mode(bad).unwrap_err();
+            assert!(why.contains("octal digits"), "{bad:?}: {why}");
+        }
+        assert!(registry_mode("1600").unwrap_err().contains("above 0777"));
+        assert!(
+            registry_mode("77777777777777")
+                .unwrap_err()
+                .contains("above 0777")
+        );
+        assert!(
+            registry_mode("0400")
+                .unwrap_err()
+                .contains("read and write")
+        );
+    }
+
+    #[test]
+    fn it_should_name_an_endpoint_by_its_index_in_the_file_after_a_bad_one() {
+        let found = problems(
+            "[services.s]\nendpoints = [{ addr = \"nowhere\" }, { addr = \"127.0.0.1:1\" }, \
+             { addr = \"127.0.0.1:1\" }]\n",
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("services.s.endpoints[0].addr = \"nowhere\""));
+        assert!(
+            found[1].starts_with(
+                "services.s.endpoints[2].addr = \"127.0.0.1:1\": this endpoint is listed twice"
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn it_should_check_buffer_size_against_the_scratch_buffer_only_when_splicing() {
+        for mode in ["auto", "splice"] {
+            let found = problems(&format!(
+                "[runtime]\nforward = \"{mode}\"\nbuffer_size = 16383\n"
+            ));
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].starts_with("runtime.buffer_size = 16383: with forward"));
+        }
+        for text in [
+            "[runtime]\nbuffer_size = 16384\n",
+            "[runtime]\nforward = \"copy\"\nbuffer_size = 4096\n",
+        ] {
+            assert!(Config::parse(text, Path::new("t.toml")).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn it_should_refuse_an_endpoint_that_is_a_listener_of_its_own_in_any_service() {
+        // The loop goes through another service's listener just the same.
+        let found = problems(
+            "[listeners.a]\nlisten = \"[::]:7000\"\nservice = \"x\"\n\
+             [services.x]\n[services.y]\nendpoints = [{ addr = \"[::1]:7000\" }]\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "services.y.endpoints[0].addr = \"[::1]:7000\": listeners.a listens on [::]:7000"
+            ),
+            "{found:?}"
+        );
     }
 }

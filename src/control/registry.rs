@@ -1,26 +1,43 @@
 //! The registry socket: a Unix stream socket where instances register and
 //! deregister at run time. One request per line, one JSON reply line per
-//! request (see [`super::protocol`]). Each client has its own thread and a
-//! read timeout, so a silent or slow client cannot block the others; a
-//! malformed request gets an error reply, never a crash.
+//! request (see [`super::protocol`]); a malformed request gets an error
+//! reply, never a crash.
+//!
+//! Silent and slow clients cannot keep others out: one thread runs an event
+//! loop (a current-thread tokio runtime) that serves up to
+//! [`MAX_CLIENTS`] connections at once, each idle one costing a descriptor
+//! and a few hundred bytes, and every request line must arrive whole within
+//! [`REQUEST_DEADLINE`] of the server starting to wait for it (a deadline
+//! for the whole line, not per read, so a client dripping a byte at a time
+//! is cut off as surely as a silent one). Requests go to the controller
+//! from a small pool of blocking threads, since the controller answers one
+//! at a time anyway.
 
 use super::controller::ControlHandle;
 use super::protocol::{self, MAX_LINE};
 use crate::config::RegistryConfig;
 use serde_json::{Value, json};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, oneshot};
 
-/// A client that sends nothing for this long is disconnected.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients served at once; more are told to retry.
-const MAX_CLIENTS: usize = 64;
+/// How long one request line may take to arrive, from the moment the
+/// server waits for it (the connection opened, or the previous reply was
+/// sent); then the client gets an error reply and is disconnected.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Clients served at once; more are told to retry and disconnected.
+pub const MAX_CLIENTS: usize = 1024;
+/// Threads that wait for the controller's answers.
+const ANSWER_THREADS: usize = 4;
+/// How long a reply may take to be written.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the registry socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +67,8 @@ pub enum RegistryError {
 #[derive(Debug)]
 pub struct RegistryServer {
     path: PathBuf,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl RegistryServer {
@@ -67,14 +84,33 @@ impl RegistryServer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(create)?;
         }
-        let listener = UnixListener::bind(&path).map_err(create)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(config.mode))
+        let listener = bind_with_mode(&path, config.mode).map_err(create)?;
+        listener.set_nonblocking(true).map_err(create)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(ANSWER_THREADS)
+            .thread_name("l4mesh-registry-answer")
+            .build()
             .map_err(create)?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stopping);
-        let acceptor = std::thread::Builder::new()
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
             .name("l4mesh-registry".into())
-            .spawn(move || accept(listener, control, flag))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match UnixListener::from_std(listener) {
+                        Ok(listener) => {
+                            tokio::select! {
+                                () = accept(listener, control) => {}
+                                _ = stopped => {}
+                            }
+                        }
+                        Err(e) => log::error!("registry: cannot serve the socket: {e}"),
+                    }
+                });
+                // Answers still waiting for the controller are abandoned.
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
             .map_err(create)?;
         log::info!(
             "registry socket on {} (mode {:04o})",
@@ -83,8 +119,8 @@ impl RegistryServer {
         );
         Ok(RegistryServer {
             path,
-            stopping,
-            acceptor: Some(acceptor),
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 
@@ -96,13 +132,11 @@ impl RegistryServer {
 
 impl Drop for RegistryServer {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        // Wakes the acceptor blocked in accept(), which then sees the flag
-        // and ends. If the socket file was already removed, nothing can wake
-        // it, so it is joined only when the wake-up went through.
-        let woken = UnixStream::connect(&self.path).is_ok();
-        if let Some(acceptor) = self.acceptor.take().filter(|_| woken) {
-            let _ = acceptor.join();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
         let _ = std::fs::remove_file(&self.path);
     }
@@ -117,7 +151,7 @@ fn remove_stale(path: &Path) -> Result<(), RegistryError> {
     if !meta.file_type().is_socket() {
         return Err(RegistryError::NotSocket(path.to_path_buf()));
     }
-    if UnixStream::connect(path).is_ok() {
+    if StdUnixStream::connect(path).is_ok() {
         return Err(RegistryError::InUse(path.to_path_buf()));
     }
     log::info!("registry: replacing the stale socket {}", path.display());
@@ -127,52 +161,92 @@ fn remove_stale(path: &Path) -> Result<(), RegistryError> {
     })
 }
 
-fn accept(listener: UnixListener, control: ControlHandle, stopping: Arc<AtomicBool>) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        if stopping.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut stream = match stream {
-            Ok(stream) => stream,
+/// Binds a listening socket at `path` whose file has `mode` from the moment
+/// it appears there: it is bound in a fresh private (0700) directory beside
+/// `path`, given its mode, and renamed into place. Binding then chmod'ing in
+/// place would leave a window where the umask's mode applies; binding under
+/// a narrower umask would not, but the umask is process-wide and other
+/// threads create files meanwhile.
+fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Short names: the staged path must fit in a Unix socket address too.
+    let private = parent.join(format!(".l4m-{:08x}", fastrand::u32(..)));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let placed = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    let _ = std::fs::remove_dir(&private);
+    placed
+}
+
+/// Accepts clients until the task is dropped; each is served on its own
+/// task while fewer than [`MAX_CLIENTS`] are.
+async fn accept(listener: UnixListener, control: ControlHandle) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut failing = false;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
-                log::warn!("registry: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                // Out of descriptors, typically: the client waits in the
+                // backlog until one is free. Logged once per streak.
+                if !failing {
+                    log::warn!("registry: accept failed: {e}; retrying every 100ms");
+                }
+                failing = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::Relaxed);
+        failing = false;
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             let busy = format!("too many registry clients at once ({MAX_CLIENTS}); try again");
-            let _ = write_reply(&mut stream, &json!({"ok": false, "error": busy}));
+            // Never waits: the reply fits in the socket buffer of a fresh
+            // connection, or is dropped.
+            let _ = stream.try_write(reply_line(&json!({"ok": false, "error": busy})).as_bytes());
             continue;
-        }
-        let (control, clients) = (control.clone(), Arc::clone(&clients));
-        let spawned = std::thread::Builder::new()
-            .name("l4mesh-registry-client".into())
-            .spawn(move || {
-                if let Err(e) = serve(stream, &control) {
-                    log::debug!("registry client: {e}");
-                }
-                clients.fetch_sub(1, Ordering::Relaxed);
-            });
-        if let Err(e) = spawned {
-            log::warn!("registry: cannot start a client thread: {e}");
-        }
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, control).await {
+                log::debug!("registry client: {e}");
+            }
+            drop(slot);
+        });
     }
 }
 
-/// Serves one client: a reply line per request line until EOF, a timeout,
-/// or an over-long line.
-fn serve(stream: UnixStream, control: &ControlHandle) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+/// Serves one client: a reply line per request line until EOF, an
+/// over-long line, or a line that does not arrive within
+/// [`REQUEST_DEADLINE`].
+async fn serve(stream: UnixStream, control: ControlHandle) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
     loop {
         let mut line = Vec::new();
         let limit = MAX_LINE as u64 + 1;
-        let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
+        let mut limited = (&mut reader).take(limit);
+        let read = limited.read_until(b'\n', &mut line);
+        let n = match tokio::time::timeout(REQUEST_DEADLINE, read).await {
+            Ok(n) => n?,
+            Err(_) => {
+                let error = format!(
+                    "no complete request line within {}s; closing the connection (send each \
+                     request as one line ending in a newline)",
+                    REQUEST_DEADLINE.as_secs()
+                );
+                return write_reply(&mut writer, &json!({"ok": false, "error": error})).await;
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -184,24 +258,136 @@ fn serve(stream: UnixStream, control: &ControlHandle) -> io::Result<()> {
             }
         } else if line.len() > MAX_LINE {
             let error = format!("request longer than {MAX_LINE} bytes; closing the connection");
-            return write_reply(&mut writer, &json!({"ok": false, "error": error}));
+            return write_reply(&mut writer, &json!({"ok": false, "error": error})).await;
         }
         let reply = match std::str::from_utf8(&line) {
             Err(_) => json!({"ok": false, "error": "the request is not UTF-8 text"}),
             Ok(text) => match protocol::parse(text) {
-                Ok(request) => control.registry(request),
+                Ok(request) => {
+                    let control = control.clone();
+                    tokio::task::spawn_blocking(move || control.registry(request))
+                        .await
+                        .unwrap_or_else(|_| json!({"ok": false, "error": "l4mesh is stopping"}))
+                }
                 Err(error) => json!({"ok": false, "error": error}),
             },
         };
-        write_reply(&mut writer, &reply)?;
+        write_reply(&mut writer, &reply).await?;
         if !complete {
             return Ok(());
         }
     }
 }
 
-fn write_reply(stream: &mut UnixStream, reply: &Value) -> io::Result<()> {
+fn reply_line(reply: &Value) -> String {
     let mut line = reply.to_string();
     line.push('\n');
-    stream.write_all(line.as_bytes())
+    line
+}
+
+/// Writes one reply line within [`WRITE_DEADLINE`] (a client that does not
+/// read its replies is disconnected).
+async fn write_reply(writer: &mut (impl AsyncWriteExt + Unpin), reply: &Value) -> io::Result<()> {
+    let line = reply_line(reply);
+    match tokio::time::timeout(WRITE_DEADLINE, writer.write_all(line.as_bytes())).await {
+        Ok(written) => written,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+    use std::mem::MaybeUninit;
+
+    /// A fresh directory under the system temp dir.
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "l4mesh-registry-unit-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Every inotify event on `name` in the watched directory so far.
+    fn events_on(fd: &rustix::fd::OwnedFd, name: &str) -> Vec<ReadFlags> {
+        let mut buf = [MaybeUninit::uninit(); 4096];
+        let mut reader = inotify::Reader::new(fd, &mut buf);
+        let mut found = Vec::new();
+        while let Ok(event) = reader.next() {
+            if event
+                .file_name()
+                .is_some_and(|n| n.to_bytes() == name.as_bytes())
+            {
+                found.push(event.events());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn it_should_make_the_socket_appear_with_its_final_mode_and_never_change_it() {
+        for mode in [0o600, 0o660, 0o666] {
+            let dir = temp_dir();
+            let path = dir.join("registry.sock");
+            let watch = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+            inotify::add_watch(
+                &watch,
+                &dir,
+                WatchFlags::CREATE | WatchFlags::ATTRIB | WatchFlags::MOVED_TO,
+            )
+            .unwrap();
+            let _listener = bind_with_mode(&path, mode).unwrap();
+            // Born by a rename, with no mode change after: the file never
+            // had any other mode at this path (bind in place shows CREATE
+            // then ATTRIB).
+            assert_eq!(
+                events_on(&watch, "registry.sock"),
+                [ReadFlags::MOVED_TO],
+                "mode {mode:o}"
+            );
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(meta.file_type().is_socket());
+            assert_eq!(meta.permissions().mode() & 0o7777, mode);
+            // The private directory is gone and the socket answers.
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+            assert_eq!(left.len(), 1, "{left:?}");
+            StdUnixStream::connect(&path).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn it_should_leave_nothing_behind_when_the_socket_cannot_be_placed() {
+        let dir = temp_dir();
+        // A directory in the way: rename(2) refuses to replace it.
+        let path = dir.join("taken");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), b"").unwrap();
+        assert!(bind_with_mode(&path, 0o600).is_err());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn it_should_give_the_started_server_the_configured_mode() {
+        let dir = temp_dir();
+        let config = RegistryConfig {
+            socket: dir.join("r.sock"),
+            mode: 0o640,
+        };
+        let (control, _commands) = ControlHandle::channel();
+        let server = RegistryServer::start(&config, control).unwrap();
+        let mode = std::fs::metadata(server.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

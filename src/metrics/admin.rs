@@ -1,25 +1,20 @@
 //! The admin HTTP listener: `GET /metrics` (Prometheus text), `GET /healthz`
 //! (200 while serving, 503 while draining) and `GET /config` (the routing
-//! table as JSON). It runs on its own threads, never on a worker, so a slow
-//! or malicious admin client cannot stall the proxy: each client has a
-//! thread with 5 s read and write timeouts, at most 16 are served at once,
-//! and requests are parsed with `httparse` within 8 KiB.
+//! table as JSON). It runs on its own thread, never on a worker, so a slow
+//! or malicious admin client cannot stall the proxy; how it keeps serving
+//! under silent and slow clients is [`super::http`]'s business.
 
 use super::access_log::AccessLog;
 use super::exposition::{self, Sources};
+use super::http::{self, Limits, Response};
+use super::process::ProcessStats;
 use crate::control::{ReloadStats, Snapshot};
 use crate::health::monotonic_ms;
 use crate::runtime::ProxyControl;
 use serde_json::{Value, json};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-const TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_CLIENTS: usize = 16;
-const MAX_REQUEST: usize = 8192;
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
@@ -50,9 +45,10 @@ impl Admin {
                  readable by anyone who can reach it"
             );
         }
-        std::thread::Builder::new()
-            .name("l4mesh-admin".into())
-            .spawn(move || accept(listener, state))?;
+        // Opened now, while descriptors are to be had: a scrape needs none.
+        ProcessStats::open_sources();
+        let answer = Arc::new(move |method: &str, path: &str| route(&state, method, path));
+        http::spawn(listener, Limits::ADMIN, "l4mesh-admin", answer)?;
         log::info!("admin listener on http://{addr} (/metrics, /healthz, /config)");
         Ok(Admin { addr })
     }
@@ -63,103 +59,35 @@ impl Admin {
     }
 }
 
-fn accept(listener: TcpListener, state: AdminState) {
-    let busy = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        if busy.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
-            busy.fetch_sub(1, Ordering::Relaxed);
-            let _ = respond(
-                &mut stream,
-                503,
-                "text/plain",
-                "too many admin clients\n",
-                &[],
-            );
-            continue;
-        }
-        let (state, busy) = (state.clone(), Arc::clone(&busy));
-        let spawned = std::thread::Builder::new()
-            .name("l4mesh-admin-client".into())
-            .spawn(move || {
-                if let Err(e) = serve(stream, &state) {
-                    log::debug!("admin client: {e}");
-                }
-                busy.fetch_sub(1, Ordering::Relaxed);
-            });
-        if let Err(e) = spawned {
-            log::warn!("admin: cannot start a client thread: {e}");
-        }
-    }
-}
-
-/// Reads one request (until the end of its headers) and answers it.
-fn serve(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut buffer = vec![0u8; MAX_REQUEST];
-    let mut filled = 0;
-    loop {
-        let n = stream.read(&mut buffer[filled..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        filled += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buffer[..filled]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or("");
-                let path = request.path.unwrap_or("").split('?').next().unwrap_or("");
-                return route(&mut stream, state, method, path);
-            }
-            Ok(httparse::Status::Partial) if filled < buffer.len() => continue,
-            Ok(httparse::Status::Partial) => {
-                return respond(&mut stream, 431, "text/plain", "request too large\n", &[]);
-            }
-            Err(e) => {
-                let body = format!("bad request: {e}\n");
-                return respond(&mut stream, 400, "text/plain", &body, &[]);
-            }
-        }
-    }
-}
-
-fn route(stream: &mut TcpStream, state: &AdminState, method: &str, path: &str) -> io::Result<()> {
+fn route(state: &AdminState, method: &str, path: &str) -> Response {
     if !matches!(path, "/metrics" | "/healthz" | "/config") {
-        let body = "not found; try /metrics, /healthz or /config\n";
-        return respond(stream, 404, "text/plain", body, &[]);
+        return Response::text(404, "not found; try /metrics, /healthz or /config\n");
     }
     if method != "GET" {
-        return respond(stream, 405, "text/plain", "only GET\n", &[("Allow", "GET")]);
+        let mut response = Response::text(405, "only GET\n");
+        response.headers.push(("Allow", "GET"));
+        return response;
     }
     let table = state.proxy.table().load();
     match path {
-        "/metrics" => {
-            let body = exposition::render(&Sources {
+        "/metrics" => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: exposition::render(&Sources {
                 snapshot: &table,
                 reloads: &state.reloads,
                 access_log: state.access_log.as_ref(),
-            });
-            respond(
-                stream,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-                &[],
-            )
-        }
-        "/healthz" if state.proxy.stop_handle().is_stopping() => {
-            respond(stream, 503, "text/plain", "draining\n", &[])
-        }
-        "/healthz" => respond(stream, 200, "text/plain", "ok\n", &[]),
-        _ => {
-            let body = config_json(&table, &state.proxy.listeners()).to_string();
-            respond(stream, 200, "application/json", &body, &[])
-        }
+            }),
+            headers: Vec::new(),
+        },
+        "/healthz" if state.proxy.stop_handle().is_stopping() => Response::text(503, "draining\n"),
+        "/healthz" => Response::text(200, "ok\n"),
+        _ => Response {
+            status: 200,
+            content_type: "application/json",
+            body: config_json(&table, &state.proxy.listeners()).to_string(),
+            headers: Vec::new(),
+        },
     }
 }
 
@@ -234,31 +162,4 @@ fn config_json(table: &Snapshot, bound: &[(String, SocketAddr)]) -> Value {
         })
         .collect();
     json!({"generation": table.generation, "listeners": listeners, "services": services})
-}
-
-fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-    headers: &[(&str, &str)],
-) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
 }

@@ -370,40 +370,52 @@ fn control(w: &mut Writer, sources: &Sources<'_>) {
     }
 }
 
+/// The `process_*` families; a figure that could not be read is left out
+/// (unknown), never written as 0.
 fn process(w: &mut Writer) {
     let p = ProcessStats::read();
-    w.family(
+    let mut figure = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            w.family(name, kind, help);
+            w.sample(name, &[], value);
+        }
+    };
+    figure(
         PROCESS_CPU_SECONDS_TOTAL,
         "counter",
         "User and system CPU time spent, in seconds.",
+        p.cpu_seconds,
     );
-    w.sample(PROCESS_CPU_SECONDS_TOTAL, &[], p.cpu_seconds);
-    w.family(
+    figure(
         PROCESS_RESIDENT_MEMORY_BYTES,
         "gauge",
         "Resident memory size in bytes.",
+        p.resident_bytes.map(|v| v as f64),
     );
-    w.sample(PROCESS_RESIDENT_MEMORY_BYTES, &[], p.resident_bytes);
-    w.family(
+    figure(
         PROCESS_VIRTUAL_MEMORY_BYTES,
         "gauge",
         "Virtual memory size in bytes.",
+        p.virtual_bytes.map(|v| v as f64),
     );
-    w.sample(PROCESS_VIRTUAL_MEMORY_BYTES, &[], p.virtual_bytes);
-    w.family(PROCESS_OPEN_FDS, "gauge", "Open file descriptors.");
-    w.sample(PROCESS_OPEN_FDS, &[], p.open_fds);
-    w.family(
+    figure(
+        PROCESS_OPEN_FDS,
+        "gauge",
+        "Open file descriptors.",
+        p.open_fds.map(|v| v as f64),
+    );
+    figure(
         PROCESS_MAX_FDS,
         "gauge",
         "Maximum number of open file descriptors.",
+        p.max_fds.map(|v| v as f64),
     );
-    w.sample(PROCESS_MAX_FDS, &[], p.max_fds);
-    w.family(
+    figure(
         PROCESS_START_TIME_SECONDS,
         "gauge",
         "Start time of the process since the Unix epoch, in seconds.",
+        p.start_time_seconds,
     );
-    w.sample(PROCESS_START_TIME_SECONDS, &[], p.start_time_seconds);
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod admin;
 mod counters;
 pub mod exposition;
+mod http;
 pub mod names;
 mod process;
 mod stats;
