@@ -158,3 +158,45 @@ fn it_should_answer_good_clients_within_a_second_under_hundreds_of_silent_and_dr
         dripper.join().unwrap();
     }
 }
+
+#[test]
+fn it_should_tell_a_client_past_the_limit_to_retry_rather_than_reset_it() {
+    const LIMIT: usize = 1024;
+    let served = Served::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\nsocket = \"SOCKET\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n\
+         [services.web]\n{}\n",
+        endpoint_list(&[echo_backend()])
+    ));
+    let (socket, admin) = (served.socket(), served.server.admin_addr().unwrap());
+    // Accepted in the order they connect: these take every slot.
+    let silent_admin: Vec<TcpStream> = (0..LIMIT)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    let silent_registry: Vec<UnixStream> = (0..LIMIT)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+
+    // The request is read before the 503, so the client gets the answer,
+    // not a reset.
+    let started = Instant::now();
+    let (status, body) = get(admin, "GET", "/healthz");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "too many admin clients at once; try again\n")
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let reply = registry(&socket, "list");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "too many registry clients at once (1024); try again"
+    );
+
+    // A slot freed is a slot for the next client.
+    drop(silent_admin);
+    drop(silent_registry);
+    eventually(Duration::from_secs(5), "slots free again", || {
+        get(admin, "GET", "/healthz").0 == 200 && registry(&socket, "list")["ok"] == true
+    });
+}
