@@ -20,6 +20,7 @@ use super::protocol::{self, MAX_LINE};
 use crate::config::RegistryConfig;
 use serde_json::{Value, json};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ const BUSY_DEADLINE: Duration = Duration::from_secs(1);
 const ANSWER_THREADS: usize = 4;
 /// Bytes read at a time from a client (lines may be longer).
 const READ_BUFFER: usize = 1024;
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 /// How long a reply may take to be written.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -185,7 +188,17 @@ fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::Unix
     let private = parent.join(format!(".l4m-{:08x}", fastrand::u32(..)));
     std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let staged = private.join("s");
-    let placed = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
+    // A Unix socket address holds at most 107 bytes of path, and the staged
+    // path may be longer than `path` itself: then bind through the
+    // directory's descriptor, whose /proc path is always short.
+    let directory;
+    let bind_at = if staged.as_os_str().len() <= MAX_SOCKET_PATH {
+        staged.clone()
+    } else {
+        directory = std::fs::File::open(&private)?;
+        PathBuf::from(format!("/proc/self/fd/{}/s", directory.as_raw_fd()))
+    };
+    let placed = std::os::unix::net::UnixListener::bind(&bind_at).and_then(|listener| {
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&staged, path)?;
         Ok(listener)
@@ -381,6 +394,28 @@ mod tests {
             StdUnixStream::connect(&path).unwrap();
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    #[test]
+    fn it_should_place_a_socket_whose_staging_path_is_too_long_for_an_address() {
+        let dir = temp_dir();
+        // The final path fits in a socket address (105 bytes); the staged
+        // one, DIR/.l4m-XXXXXXXX/s, would not (114).
+        let deep = dir.join("d".repeat(98 - dir.as_os_str().len() - 1));
+        std::fs::create_dir(&deep).unwrap();
+        let path = deep.join("r.sock");
+        assert_eq!(path.as_os_str().len(), 105);
+        let listener = bind_with_mode(&path, 0o600).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let mut client = StdUnixStream::connect(&path).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut client, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut served, &mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
