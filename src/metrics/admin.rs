@@ -2,7 +2,7 @@
 //! (200 while serving, 503 while draining) and `GET /config` (the routing
 //! table as JSON). It runs on its own thread, never on a worker, so a slow
 //! or malicious admin client cannot stall the proxy; how it keeps serving
-//! under silent and slow clients is [`super::http`]'s business.
+//! under silent and slow clients is the `http` module's business.
 
 use super::access_log::AccessLog;
 use super::exposition::{self, Sources};
