@@ -52,6 +52,7 @@ fn it_should_answer_good_clients_within_a_second_under_hundreds_of_silent_and_dr
         endpoint_list(&[echo_backend()])
     ));
     let (socket, admin) = (served.socket(), served.server.admin_addr().unwrap());
+    let heartbeat = format!("register web {} ttl=30s", echo_backend());
 
     let opened = Instant::now();
     let silent_registry: Vec<UnixStream> = (0..SILENT)
@@ -86,11 +87,14 @@ fn it_should_answer_good_clients_within_a_second_under_hundreds_of_silent_and_dr
         ),
     ];
 
+    // A TTL heartbeat, which dripping clients used to keep out until the
+    // registration lapsed.
     for round in 0..5 {
         let started = Instant::now();
-        let reply = registry(&socket, "list web");
+        let reply = registry(&socket, &heartbeat);
         let registry_took = started.elapsed();
         assert_eq!(reply["ok"], true, "round {round}: {reply}");
+        assert_eq!(reply["new"], round == 0, "round {round}: {reply}");
         assert!(
             registry_took < Duration::from_secs(1),
             "round {round}: the registry answered in {registry_took:?}"
@@ -157,4 +161,58 @@ fn it_should_answer_good_clients_within_a_second_under_hundreds_of_silent_and_dr
     for dripper in drippers {
         dripper.join().unwrap();
     }
+}
+
+#[test]
+fn it_should_tell_a_client_past_the_limit_to_retry_rather_than_reset_it() {
+    const LIMIT: usize = 1024;
+    let served = Served::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\nsocket = \"SOCKET\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n\
+         [services.web]\n{}\n",
+        endpoint_list(&[echo_backend()])
+    ));
+    let (socket, admin) = (served.socket(), served.server.admin_addr().unwrap());
+    // Accepted in the order they connect: these take every slot.
+    let silent_admin: Vec<TcpStream> = (0..LIMIT)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    let silent_registry: Vec<UnixStream> = (0..LIMIT)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+
+    // Clients that take 300 ms to write their request (less than the 1 s
+    // a client past the limit is given): the request is read before the
+    // answer, so they get the reason, not a reset or a broken pipe.
+    let thinking = Duration::from_millis(300);
+    let mut late_admin = TcpStream::connect(admin).unwrap();
+    let mut late_registry = UnixStream::connect(&socket).unwrap();
+    thread::sleep(thinking);
+    let started = Instant::now();
+    late_admin
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    late_admin.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+            && response.ends_with("\r\n\r\ntoo many admin clients at once; try again\n"),
+        "{response}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    late_registry.write_all(b"list\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&late_registry).read_line(&mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        reply,
+        serde_json::json!({"ok": false, "error": "too many registry clients at once (1024); try again"})
+    );
+
+    // A slot freed is a slot for the next client.
+    drop(silent_admin);
+    drop(silent_registry);
+    eventually(Duration::from_secs(5), "slots free again", || {
+        get(admin, "GET", "/healthz").0 == 200 && registry(&socket, "list")["ok"] == true
+    });
 }

@@ -6,18 +6,21 @@
 //! Silent and slow clients cannot keep others out: one thread runs an event
 //! loop (a current-thread tokio runtime) that serves up to
 //! [`MAX_CLIENTS`] connections at once, each idle one costing a descriptor
-//! and a few hundred bytes, and every request line must arrive whole within
+//! and about a kilobyte, not a thread, and every request line must arrive whole within
 //! [`REQUEST_DEADLINE`] of the server starting to wait for it (a deadline
 //! for the whole line, not per read, so a client dripping a byte at a time
-//! is cut off as surely as a silent one). Requests go to the controller
-//! from a small pool of blocking threads, since the controller answers one
-//! at a time anyway.
+//! is cut off as surely as a silent one). A client past the limit has its
+//! first line read (for a second at most) and is told to try again; past
+//! 64 of those, clients wait in the listen backlog. Requests go to the
+//! controller from a small pool of blocking threads, since the controller
+//! answers one at a time anyway.
 
 use super::controller::ControlHandle;
 use super::protocol::{self, MAX_LINE};
 use crate::config::RegistryConfig;
 use serde_json::{Value, json};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -34,8 +37,17 @@ use tokio::sync::{Semaphore, oneshot};
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Clients served at once; more are told to retry and disconnected.
 pub const MAX_CLIENTS: usize = 1024;
+/// Clients past [`MAX_CLIENTS`] being told to retry at once; past these,
+/// clients wait in the listen backlog.
+const MAX_BUSY_CLIENTS: usize = 64;
+/// How long the first line of a client past [`MAX_CLIENTS`] is waited for.
+const BUSY_DEADLINE: Duration = Duration::from_secs(1);
 /// Threads that wait for the controller's answers.
 const ANSWER_THREADS: usize = 4;
+/// Bytes read at a time from a client (lines may be longer).
+const READ_BUFFER: usize = 1024;
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 /// How long a reply may take to be written.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -176,7 +188,17 @@ fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::Unix
     let private = parent.join(format!(".l4m-{:08x}", fastrand::u32(..)));
     std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let staged = private.join("s");
-    let placed = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
+    // A Unix socket address holds at most 107 bytes of path, and the staged
+    // path may be longer than `path` itself: then bind through the
+    // directory's descriptor, whose /proc path is always short.
+    let directory;
+    let bind_at = if staged.as_os_str().len() <= MAX_SOCKET_PATH {
+        staged.clone()
+    } else {
+        directory = std::fs::File::open(&private)?;
+        PathBuf::from(format!("/proc/self/fd/{}/s", directory.as_raw_fd()))
+    };
+    let placed = std::os::unix::net::UnixListener::bind(&bind_at).and_then(|listener| {
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&staged, path)?;
         Ok(listener)
@@ -192,8 +214,13 @@ fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::Unix
 /// task while fewer than [`MAX_CLIENTS`] are.
 async fn accept(listener: UnixListener, control: ControlHandle) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let overflow = Arc::new(Semaphore::new(MAX_BUSY_CLIENTS));
     let mut failing = false;
     loop {
+        // Past both limits, wait here: clients stay in the backlog.
+        let Ok(spare) = Arc::clone(&overflow).acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -209,12 +236,13 @@ async fn accept(listener: UnixListener, control: ControlHandle) {
         };
         failing = false;
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            let busy = format!("too many registry clients at once ({MAX_CLIENTS}); try again");
-            // Never waits: the reply fits in the socket buffer of a fresh
-            // connection, or is dropped.
-            let _ = stream.try_write(reply_line(&json!({"ok": false, "error": busy})).as_bytes());
+            tokio::spawn(async move {
+                turn_away(stream).await;
+                drop(spare);
+            });
             continue;
         };
+        drop(spare);
         let control = control.clone();
         tokio::spawn(async move {
             if let Err(e) = serve(stream, control).await {
@@ -225,12 +253,25 @@ async fn accept(listener: UnixListener, control: ControlHandle) {
     }
 }
 
+/// Tells a client past [`MAX_CLIENTS`] to try again, after reading its
+/// first line for at most [`BUSY_DEADLINE`]: answering at once could close
+/// the connection before the client has written its request, and the client
+/// would see a broken pipe instead of the reason.
+async fn turn_away(stream: UnixStream) {
+    let (reader, mut writer) = stream.into_split();
+    let mut line = Vec::new();
+    let mut limited = BufReader::with_capacity(READ_BUFFER, reader).take(MAX_LINE as u64 + 1);
+    let _ = tokio::time::timeout(BUSY_DEADLINE, limited.read_until(b'\n', &mut line)).await;
+    let busy = format!("too many registry clients at once ({MAX_CLIENTS}); try again");
+    let _ = write_reply(&mut writer, &json!({"ok": false, "error": busy})).await;
+}
+
 /// Serves one client: a reply line per request line until EOF, an
 /// over-long line, or a line that does not arrive within
 /// [`REQUEST_DEADLINE`].
 async fn serve(stream: UnixStream, control: ControlHandle) -> io::Result<()> {
     let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     loop {
         let mut line = Vec::new();
         let limit = MAX_LINE as u64 + 1;
@@ -279,16 +320,11 @@ async fn serve(stream: UnixStream, control: ControlHandle) -> io::Result<()> {
     }
 }
 
-fn reply_line(reply: &Value) -> String {
-    let mut line = reply.to_string();
-    line.push('\n');
-    line
-}
-
 /// Writes one reply line within [`WRITE_DEADLINE`] (a client that does not
 /// read its replies is disconnected).
 async fn write_reply(writer: &mut (impl AsyncWriteExt + Unpin), reply: &Value) -> io::Result<()> {
-    let line = reply_line(reply);
+    let mut line = reply.to_string();
+    line.push('\n');
     match tokio::time::timeout(WRITE_DEADLINE, writer.write_all(line.as_bytes())).await {
         Ok(written) => written,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
@@ -358,6 +394,28 @@ mod tests {
             StdUnixStream::connect(&path).unwrap();
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    #[test]
+    fn it_should_place_a_socket_whose_staging_path_is_too_long_for_an_address() {
+        let dir = temp_dir();
+        // The final path fits in a socket address (105 bytes); the staged
+        // one, DIR/.l4m-XXXXXXXX/s, would not (114).
+        let deep = dir.join("d".repeat(98 - dir.as_os_str().len() - 1));
+        std::fs::create_dir(&deep).unwrap();
+        let path = deep.join("r.sock");
+        assert_eq!(path.as_os_str().len(), 105);
+        let listener = bind_with_mode(&path, 0o600).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let mut client = StdUnixStream::connect(&path).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut client, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut served, &mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (200 while serving, 503 while draining) and `GET /config` (the routing
 //! table as JSON). It runs on its own thread, never on a worker, so a slow
 //! or malicious admin client cannot stall the proxy; how it keeps serving
-//! under silent and slow clients is [`super::http`]'s business.
+//! under silent and slow clients is the `http` module's business.
 
 use super::access_log::AccessLog;
 use super::exposition::{self, Sources};
@@ -12,6 +12,7 @@ use crate::control::{ReloadStats, Snapshot};
 use crate::health::monotonic_ms;
 use crate::runtime::ProxyControl;
 use serde_json::{Value, json};
+use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ impl Admin {
     /// Binds `addr` and starts serving. A non-loopback address works but is
     /// logged as a warning: the endpoint has no authentication.
     pub fn start(addr: SocketAddr, state: AdminState) -> io::Result<Admin> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
             log::warn!(
@@ -57,6 +58,21 @@ impl Admin {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+/// Clients waiting to be accepted: std's 128 overflows when hundreds of
+/// clients connect at once, and then the kernel drops their SYNs, leaving
+/// each to retry a second later.
+const BACKLOG: i32 = 1024;
+
+/// Binds `addr` as `TcpListener::bind` does (with `SO_REUSEADDR`), with a
+/// backlog of [`BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 fn route(state: &AdminState, method: &str, path: &str) -> Response {

@@ -3,7 +3,7 @@
 //! runtime), so that neither silent nor slow clients can keep others out.
 //!
 //! - Up to [`Limits::clients`] connections are served at once; each idle
-//!   one costs a descriptor and a small task, not a thread.
+//!   one costs a descriptor and a task holding a 1 KiB buffer, not a thread.
 //! - A request's head must arrive whole within [`Limits::deadline`], counted
 //!   from the accept, not per read: a client dripping a byte at a time is
 //!   answered `408` and closed as surely as a silent one.
@@ -227,23 +227,24 @@ async fn serve(
 /// Reads until the end of a request head (an error reading counts as the
 /// connection closing).
 async fn read_head(stream: &mut TcpStream) -> Head {
-    let mut buffer = vec![0u8; MAX_REQUEST];
-    let mut filled = 0;
+    // Grown as bytes come: a silent client holds only the chunk.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
     loop {
-        match stream.read(&mut buffer[filled..]).await {
+        match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return Head::Closed,
-            Ok(n) => filled += n,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buffer[..filled]) {
+        match request.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = request.method.unwrap_or("").to_string();
                 let target = request.path.unwrap_or("");
                 let path = target.split('?').next().unwrap_or("").to_string();
                 return Head::Request { method, path };
             }
-            Ok(httparse::Status::Partial) if filled < buffer.len() => continue,
+            Ok(httparse::Status::Partial) if head.len() < MAX_REQUEST => continue,
             Ok(httparse::Status::Partial) => return Head::TooLarge,
             Err(e) => return Head::Bad(e),
         }
