@@ -235,7 +235,7 @@ pub struct EndpointConfig {
 /// when it splices (`forward = "auto"`, and `"splice"` when a splice moves
 /// nothing or no pipe can be had); what the peer cannot take at once waits
 /// in a pooled buffer of `runtime.buffer_size` bytes, which must hold it.
-/// The splice path's `SMALL` (src/proxy/splice.rs) is this size.
+/// The splice path's `SMALL` (src/proxy/splice.rs) is defined as this.
 pub const SCRATCH_BYTES: usize = 16 * 1024;
 
 /// The largest endpoint weight (as HAProxy's 256): it keeps the round-robin

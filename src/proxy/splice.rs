@@ -341,7 +341,7 @@ async fn splice_chunk(
 }
 
 /// The scratch buffer's size: a read that fills it marks a bulk stream.
-const SMALL: usize = 16 * 1024;
+const SMALL: usize = crate::config::SCRATCH_BYTES;
 
 /// One chunk copied through the worker's scratch buffer: for small chunks
 /// (requests, responses, ping-pongs) a recv and a send cost less than two
