@@ -141,12 +141,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 } else if stopping_since.is_none() {
                     log::info!(
                         "signal {signal}: no longer accepting; draining open connections (send \
-                         it again to exit at once)"
+                         it again, a second or more from now, to exit at once)"
                     );
                     stopping_since = Some(std::time::Instant::now());
                     stop.stop();
                 } else if stopping_since.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                    log::debug!("signal {signal}: already draining");
+                    log::debug!(
+                        "signal {signal}: already draining (taken as the first one delivered \
+                         twice, being within a second of it)"
+                    );
                 } else {
                     log::warn!("second signal: exiting without waiting for open connections");
                     std::process::exit(1);

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 #[test]
 fn it_should_fail_over_past_a_refused_endpoint() {
     let dead = refusing_address();
+    // Its port stays taken, so no other test's listener can appear there.
+    assert!(std::net::TcpListener::bind(dead).is_err());
     let live = named_backend("live");
     let proxy = start_proxy(&config_text(
         &[(dead, 1), (live, 1)],
@@ -61,7 +63,7 @@ fn it_should_close_the_client_and_log_every_attempt_when_all_fail() {
     );
     let mut client = TcpStream::connect(binary.addr()).unwrap();
     assert_eq!(read_all(&mut client), "");
-    let line = binary.wait_for_line(Duration::from_secs(5), "answered after");
+    let line = binary.wait_for_line(Duration::from_secs(10), "answered after");
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("2 attempt(s)"), "{line}");
     let all = [a, b, c];

@@ -25,7 +25,7 @@ fn rush(addr: SocketAddr, n: usize) -> (Vec<(TcpStream, u8)>, usize) {
                 start.wait();
                 let mut stream = TcpStream::connect(addr).unwrap();
                 stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .set_read_timeout(Some(Duration::from_secs(30)))
                     .unwrap();
                 let _ = stream.write_all(b"x");
                 let mut byte = [0u8; 1];
@@ -71,11 +71,16 @@ fn closes_clients_over_max_connections(mode: &str) {
     // One more is accepted and closed at once, not left waiting.
     let mut extra = TcpStream::connect(web).unwrap();
     extra
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let started = Instant::now();
-    assert_eq!(extra.read(&mut [0u8; 1]).unwrap_or(0), 0);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // Closed (EOF or reset), not left waiting until the read times out.
+    match extra.read(&mut [0u8; 1]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("not closed at once: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
     let m = samples(admin);
     assert_eq!(
         m["l4mesh_connections_rejected_total{listener=\"web\",reason=\"max_connections\"}"],
@@ -84,11 +89,11 @@ fn closes_clients_over_max_connections(mode: &str) {
 
     // Accepting goes on: when a client leaves, a new one is served.
     drop(held.pop());
-    eventually(Duration::from_secs(5), "a new client served", || {
+    eventually(Duration::from_secs(10), "a new client served", || {
         rush(web, 1).0.len() == 1
     });
     let mut lines: Vec<serde_json::Value> = Vec::new();
-    eventually(Duration::from_secs(5), "eight rejected lines", || {
+    eventually(Duration::from_secs(10), "eight rejected lines", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         lines = text
             .lines()
@@ -126,7 +131,7 @@ fn it_should_keep_the_listener_count_across_a_reload_that_adds_the_limit() {
     let (none, closed) = rush(web, 3);
     assert_eq!((none.len(), closed), (0, 3));
     drop(held);
-    eventually(Duration::from_secs(5), "room again", || {
+    eventually(Duration::from_secs(10), "room again", || {
         rush(web, 1).0.len() == 1
     });
 }
@@ -165,7 +170,7 @@ fn skips_full_endpoints(mode: &str) {
     let mut held = held;
     let on_a = held.iter().position(|(_, tag)| *tag == b'A').unwrap();
     drop(held.remove(on_a));
-    eventually(Duration::from_secs(5), "room on A", || {
+    eventually(Duration::from_secs(10), "room on A", || {
         tag_of(web) == Some(b'A')
     });
 }
@@ -228,11 +233,11 @@ fn serves_a_crowd_under_a_low_descriptor_limit(mode: &str) {
         &failed[..failed.len().min(5)]
     );
     // It said so once, and counted the time.
-    let line = binary.wait_for_line(Duration::from_secs(5), "at capacity: ");
+    let line = binary.wait_for_line(Duration::from_secs(10), "at capacity: ");
     assert!(line.contains("WARN"), "{line}");
     assert_eq!(binary.count_lines("at capacity: "), 1);
     assert_eq!(binary.count_lines("Too many open files"), 0);
-    let admin = binary.wait_for_line(Duration::from_secs(5), "admin listener on http://");
+    let admin = binary.wait_for_line(Duration::from_secs(10), "admin listener on http://");
     let admin: SocketAddr = admin
         .split("http://")
         .nth(1)

@@ -53,10 +53,17 @@ pub fn named_backend(name: &'static str) -> SocketAddr {
     })
 }
 
-/// A loopback address where nothing listens (connections are refused).
+/// A loopback address where nothing listens (connections are refused). A
+/// socket stays bound there, never listening, for the rest of the test
+/// process, so no other test can be given the port meanwhile.
 pub fn refusing_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Builds config text for one listener `web` on port 0 in front of service
@@ -478,23 +485,39 @@ pub fn samples(admin: SocketAddr) -> HashMap<String, f64> {
 }
 
 /// A backend on one loopback port that can be stopped (the port then
-/// refuses connections) and started again on the same port.
+/// refuses connections) and started again on the same port. While stopped,
+/// a socket that does not listen keeps the port bound, so no other test can
+/// be given it; every socket on the port sets `SO_REUSEPORT` so that the
+/// next one binds before the last one closes.
 pub struct Switchable {
     /// Its address, the same across restarts.
     pub addr: SocketAddr,
     handle: Arc<dyn Fn(TcpStream) + Send + Sync>,
     running: Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>,
+    /// Holds the port while stopped.
+    held: Option<socket2::Socket>,
+}
+
+/// A socket with `SO_REUSEPORT` bound to `addr`, not listening yet.
+fn reuseport_socket(addr: SocketAddr) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket
 }
 
 impl Switchable {
     /// Starts a backend on a fresh port that runs `handle` for every
     /// connection, each on its own thread.
     pub fn start(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> Switchable {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = reuseport_socket(SocketAddr::from(([127, 0, 0, 1], 0)));
+        socket.listen(128).unwrap();
+        let listener: TcpListener = socket.into();
         let mut backend = Switchable {
             addr: listener.local_addr().unwrap(),
             handle: Arc::new(handle),
             running: None,
+            held: None,
         };
         backend.serve(listener);
         backend
@@ -535,6 +558,7 @@ impl Switchable {
     /// connections are refused. Open connections go on.
     pub fn stop(&mut self) {
         if let Some((stop, thread)) = self.running.take() {
+            self.held = Some(reuseport_socket(self.addr));
             stop.store(true, Ordering::Relaxed);
             thread.join().unwrap();
         }
@@ -543,16 +567,10 @@ impl Switchable {
     /// Listens on the same port again.
     pub fn restart(&mut self) {
         self.stop();
-        let mut bound = None;
-        eventually(
-            Duration::from_secs(5),
-            &format!("{} bound again", self.addr),
-            || {
-                bound = TcpListener::bind(self.addr).ok();
-                bound.is_some()
-            },
-        );
-        self.serve(bound.unwrap());
+        let socket = reuseport_socket(self.addr);
+        socket.listen(128).unwrap();
+        self.held = None;
+        self.serve(socket.into());
     }
 }
 
