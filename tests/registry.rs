@@ -234,6 +234,53 @@ fn it_should_drop_a_registration_whose_ttl_lapses_unless_it_heartbeats() {
     );
 }
 
+/// The TTL left on `addr`'s registration in service web, per `list`.
+fn ttl_remaining_ms(served: &Served, addr: std::net::SocketAddr) -> u64 {
+    let reply = registry(&served.socket(), "list web");
+    let endpoints = reply["endpoints"].as_array().unwrap();
+    let entry = endpoints
+        .iter()
+        .find(|e| e["addr"] == addr.to_string().as_str())
+        .unwrap_or_else(|| panic!("{addr} is not listed: {reply}"));
+    entry["ttl_remaining_ms"].as_u64().unwrap()
+}
+
+#[test]
+fn it_should_extend_a_ttl_on_heartbeat_without_publishing_a_new_table() {
+    let a = tagged_echo_backend(b'A');
+    let served = Served::start(&config(""));
+    let socket = served.socket();
+    let first = registry(&socket, &format!("register web {a} ttl=60s"));
+    assert_eq!(first["new"], true, "{first}");
+    let table = served.server.table().load_full();
+    eventually(Duration::from_secs(5), "the ttl to run down", || {
+        ttl_remaining_ms(&served, a) <= 59_900
+    });
+    let before = ttl_remaining_ms(&served, a);
+    let beat = registry(&socket, &format!("register web {a} ttl=60s"));
+    assert_eq!(beat["ok"], true, "{beat}");
+    assert_eq!(beat["new"], false, "{beat}");
+    assert_eq!(beat["generation"], first["generation"], "{beat}");
+    let after = ttl_remaining_ms(&served, a);
+    assert!(
+        after > before,
+        "the heartbeat extended the ttl: {before} -> {after}"
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(&table, &served.server.table().load_full()),
+        "a heartbeat that changes nothing published a new table"
+    );
+    // A heartbeat that changes the weight does publish.
+    let changed = registry(&socket, &format!("register web {a} weight=2 ttl=60s"));
+    assert_eq!(changed["new"], false, "{changed}");
+    assert_eq!(
+        changed["generation"].as_u64(),
+        first["generation"].as_u64().map(|g| g + 1),
+        "{changed}"
+    );
+    assert_eq!(listed(&served)[0].3, 2);
+}
+
 #[test]
 fn it_should_create_the_socket_owner_only_and_refuse_a_second_instance() {
     let served = Served::start(&config(""));

@@ -6,7 +6,7 @@
 //! with. Bad input never replaces good state.
 
 use super::protocol::{HELP, Request};
-use super::registrations::{EndpointKey, Registrations};
+use super::registrations::{EndpointKey, Registered, Registrations};
 use super::snapshot::{Service, Snapshot};
 use crate::config::Config;
 use crate::runtime::ProxyControl;
@@ -346,10 +346,17 @@ impl Controller {
             )));
         }
         let key: EndpointKey = (service.clone(), addr);
-        let new = self
+        let registered = self
             .registrations
             .register(key, weight, ttl, Instant::now());
-        let generation = self.publish();
+        // A heartbeat moves only the expiry, which the table does not hold:
+        // publishing would rebuild it and wake the health thread for nothing.
+        let generation = if registered == Registered::Refreshed {
+            self.proxy.table().load().generation
+        } else {
+            self.publish()
+        };
+        let new = registered == Registered::New;
         if new {
             log::info!("registry: registered {service} {addr} weight={weight} ttl={ttl:?}");
         }
