@@ -281,6 +281,61 @@ fn it_should_extend_a_ttl_on_heartbeat_without_publishing_a_new_table() {
     assert_eq!(listed(&served)[0].3, 2);
 }
 
+/// A service of 20,000 weighted round-robin endpoints: 48 clients register
+/// at once, each a rebuild of that service, and a `list` comes in behind
+/// them. Registrations queued behind a build are applied together and
+/// published once, so everyone is answered within seconds, not after 48
+/// builds one after another.
+#[test]
+fn it_should_answer_a_burst_of_registrations_on_a_big_table_within_seconds() {
+    let endpoints: Vec<String> = (0..20_000u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x7f01_0000 + i / 1000);
+            format!(
+                "{{ addr = \"{ip}:{}\", weight = {} }}",
+                10_000 + i % 1000,
+                1 + i % 256
+            )
+        })
+        .collect();
+    let served = Served::start(&config(&format!("endpoints = [{}]", endpoints.join(", "))));
+    let socket = served.socket();
+    let generation = registry(&socket, "list api")["generation"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..48)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let reply = registry(&socket, &format!("register web 127.0.0.2:{}", 20000 + i));
+                (reply, started.elapsed())
+            })
+        })
+        .collect();
+    let listed = registry(&socket, "list api");
+    assert_eq!(listed["ok"], true, "{listed}");
+    let mut slowest = Duration::ZERO;
+    let mut generations = std::collections::BTreeSet::new();
+    for client in clients {
+        let (reply, took) = client.join().unwrap();
+        assert_eq!(reply["ok"], true, "{reply}");
+        generations.insert(reply["generation"].as_u64().unwrap());
+        slowest = slowest.max(took);
+    }
+    println!("48 registrations: slowest answer {slowest:?}, generations {generations:?}");
+    assert!(
+        slowest < Duration::from_secs(8),
+        "the last registration waited {slowest:?}"
+    );
+    let last = registry(&socket, "list web");
+    assert_eq!(last["endpoints"].as_array().unwrap().len(), 20_048);
+    assert!(
+        last["generation"].as_u64().unwrap() - generation < 48,
+        "48 registrations were published one by one: {generations:?}"
+    );
+}
+
 #[test]
 fn it_should_create_the_socket_owner_only_and_refuse_a_second_instance() {
     let served = Served::start(&config(""));

@@ -3,7 +3,9 @@
 //! and are applied one at a time, so there are no races between them. Each
 //! change builds the next snapshot completely, then publishes it with one
 //! atomic store; connections already open keep the snapshot they started
-//! with. Bad input never replaces good state.
+//! with. Registrations queued together are applied together and published
+//! as one snapshot, so a burst waits for one build, not one build each.
+//! Bad input never replaces good state.
 
 use super::protocol::{HELP, Request};
 use super::registrations::{EndpointKey, Registered, Registrations};
@@ -21,6 +23,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a caller waits for the controller to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Registry changes applied together, then published as one snapshot.
+const MAX_BATCH: usize = 1024;
+
+/// The reply when the controller has stopped.
+const SHUTTING_DOWN: &str = "l4mesh is shutting down; try again later";
 
 /// A change for the controller to apply.
 #[derive(Debug)]
@@ -74,11 +82,32 @@ impl ControlHandle {
 
     /// Applies a registry request and returns its JSON reply.
     pub fn registry(&self, request: Request) -> Value {
+        self.registry_within(request, ANSWER_TIMEOUT)
+    }
+
+    /// [`ControlHandle::registry`], waiting at most `timeout` for the
+    /// answer. The error reply says why there is none: the controller has
+    /// stopped (l4mesh is shutting down), or it is busy with earlier work
+    /// (the request is still queued and may yet be applied).
+    fn registry_within(&self, request: Request, timeout: Duration) -> Value {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(Command::Registry { request, reply: tx });
-        rx.recv_timeout(ANSWER_TIMEOUT).unwrap_or_else(
-            |_| json!({"ok": false, "error": "l4mesh is shutting down; try again later"}),
-        )
+        if self
+            .0
+            .send(Command::Registry { request, reply: tx })
+            .is_err()
+        {
+            return error(SHUTTING_DOWN.to_string());
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(reply) => reply,
+            Err(RecvTimeoutError::Disconnected) => error(SHUTTING_DOWN.to_string()),
+            Err(RecvTimeoutError::Timeout) => error(format!(
+                "the controller did not answer within {} s: it is busy with earlier \
+                 requests or reloads; the request stays queued and may still be applied \
+                 (`list` shows whether it was)",
+                timeout.as_secs_f64()
+            )),
+        }
     }
 
     /// Stops the controller.
@@ -129,6 +158,33 @@ impl ReloadStats {
     }
 }
 
+/// Whether the controller goes on after a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Registry replies waiting for the batch's snapshot to be published.
+#[derive(Default)]
+struct Pending {
+    /// Some change in the batch changes the table.
+    publish: bool,
+    /// Each caller and its reply, without the generation yet.
+    replies: Vec<(Sender<Value>, Value)>,
+}
+
+/// A registry request's reply: now, or once its batch is published.
+enum Answer {
+    Now(Value),
+    AfterPublish {
+        /// The reply; `generation` is added at publication.
+        value: Value,
+        /// The change alters the table (a heartbeat does not).
+        publish: bool,
+    },
+}
+
 /// The controller's state; lives on its own thread.
 pub struct Controller {
     path: PathBuf,
@@ -175,19 +231,80 @@ impl Controller {
                     at.saturating_duration_since(Instant::now())
                 });
             match commands.recv_timeout(wait) {
-                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(Command::Reload { force, reply }) => {
+                Ok(command) => {
+                    if self.serve_batch(command, &commands) == Flow::Stop {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.expire();
+        }
+    }
+
+    /// Applies `first` and whatever else is queued already (up to
+    /// [`MAX_BATCH`]). Consecutive registers and deregisters change the
+    /// registrations one by one but publish one snapshot for all of them,
+    /// so a burst of registrations costs one build, not one each, and
+    /// requests queued behind a build wait for one build at most. Any
+    /// other command first publishes (and answers) the changes before it,
+    /// so it sees them.
+    fn serve_batch(&mut self, first: Command, commands: &Receiver<Command>) -> Flow {
+        let mut pending = Pending::default();
+        let mut next = Some(first);
+        let mut taken = 1;
+        while let Some(command) = next.take() {
+            match command {
+                Command::Stop => {
+                    self.flush(&mut pending);
+                    return Flow::Stop;
+                }
+                Command::Registry { request, reply } => {
+                    if !matches!(
+                        request,
+                        Request::Register { .. } | Request::Deregister { .. }
+                    ) {
+                        self.flush(&mut pending);
+                    }
+                    match self.registry(request) {
+                        Answer::Now(value) => {
+                            let _ = reply.send(value);
+                        }
+                        Answer::AfterPublish { value, publish } => {
+                            pending.publish |= publish;
+                            pending.replies.push((reply, value));
+                        }
+                    }
+                }
+                Command::Reload { force, reply } => {
+                    self.flush(&mut pending);
                     let outcome = self.reload(force);
                     if let Some(reply) = reply {
                         let _ = reply.send(outcome);
                     }
                 }
-                Ok(Command::Registry { request, reply }) => {
-                    let _ = reply.send(self.registry(request));
-                }
-                Err(RecvTimeoutError::Timeout) => {}
             }
-            self.expire();
+            if taken < MAX_BATCH {
+                next = commands.try_recv().ok();
+                taken += 1;
+            }
+        }
+        self.flush(&mut pending);
+        Flow::Continue
+    }
+
+    /// Publishes the batch's changes, if any changed the table, and sends
+    /// each reply with the generation that holds it.
+    fn flush(&self, pending: &mut Pending) {
+        let generation = if std::mem::take(&mut pending.publish) {
+            self.publish()
+        } else {
+            self.proxy.table().load().generation
+        };
+        for (reply, mut value) in pending.replies.drain(..) {
+            value["generation"] = json!(generation);
+            let _ = reply.send(value);
         }
     }
 
@@ -311,7 +428,7 @@ impl Controller {
             .is_some_and(|s| s.endpoints.iter().any(|e| e.addr == addr))
     }
 
-    fn registry(&mut self, request: Request) -> Value {
+    fn registry(&mut self, request: Request) -> Answer {
         let reply = match request {
             Request::Register {
                 service,
@@ -320,24 +437,26 @@ impl Controller {
                 ttl,
             } => self.register(service, addr, weight, ttl),
             Request::Deregister { service, addr } => self.deregister(service, addr),
-            Request::Drain { service, addr } => self.drain(service, addr),
-            Request::List { service } => self.list(service.as_deref()),
-            Request::Reload => Ok(match self.reload(true) {
+            Request::Drain { service, addr } => self.drain(service, addr).map(Answer::Now),
+            Request::List { service } => self.list(service.as_deref()).map(Answer::Now),
+            Request::Reload => Ok(Answer::Now(match self.reload(true) {
                 Ok(message) => json!({"ok": true, "applied": true, "message": message}),
                 Err(error) => json!({"ok": false, "applied": false, "error": error}),
-            }),
-            Request::Help => Ok(json!({"ok": true, "help": HELP})),
+            })),
+            Request::Help => Ok(Answer::Now(json!({"ok": true, "help": HELP}))),
         };
-        reply.unwrap_or_else(|e| e)
+        reply.unwrap_or_else(Answer::Now)
     }
 
+    /// Records a registration; the reply goes out once the batch is
+    /// published (a heartbeat that changes nothing publishes nothing).
     fn register(
         &mut self,
         service: String,
         addr: SocketAddr,
         weight: u32,
         ttl: Option<Duration>,
-    ) -> Result<Value, Value> {
+    ) -> Result<Answer, Value> {
         self.service(&service)?;
         if self.declared_in_file(&service, addr) {
             return Err(error(format!(
@@ -349,24 +468,23 @@ impl Controller {
         let registered = self
             .registrations
             .register(key, weight, ttl, Instant::now());
-        // A heartbeat moves only the expiry, which the table does not hold:
-        // publishing would rebuild it and wake the health thread for nothing.
-        let generation = if registered == Registered::Refreshed {
-            self.proxy.table().load().generation
-        } else {
-            self.publish()
-        };
         let new = registered == Registered::New;
         if new {
             log::info!("registry: registered {service} {addr} weight={weight} ttl={ttl:?}");
         }
-        Ok(json!({
-            "ok": true, "service": service, "addr": addr.to_string(), "weight": weight,
-            "ttl_ms": ttl.map(|t| t.as_millis() as u64), "new": new, "generation": generation,
-        }))
+        Ok(Answer::AfterPublish {
+            value: json!({
+                "ok": true, "service": service, "addr": addr.to_string(), "weight": weight,
+                "ttl_ms": ttl.map(|t| t.as_millis() as u64), "new": new,
+            }),
+            // A heartbeat moves only the expiry, which the table does not
+            // hold: publishing would rebuild it and wake the health thread
+            // for nothing.
+            publish: registered != Registered::Refreshed,
+        })
     }
 
-    fn deregister(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
+    fn deregister(&mut self, service: String, addr: SocketAddr) -> Result<Answer, Value> {
         self.service(&service)?;
         if self.declared_in_file(&service, addr) {
             return Err(error(format!(
@@ -379,11 +497,11 @@ impl Controller {
                 "{addr} is not registered for service {service}; `list {service}` shows its endpoints"
             )));
         }
-        let generation = self.publish();
         log::info!("registry: deregistered {service} {addr}");
-        Ok(
-            json!({"ok": true, "service": service, "addr": addr.to_string(), "generation": generation}),
-        )
+        Ok(Answer::AfterPublish {
+            value: json!({"ok": true, "service": service, "addr": addr.to_string()}),
+            publish: true,
+        })
     }
 
     fn drain(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
@@ -435,4 +553,23 @@ impl Controller {
 
 fn error(message: String) -> Value {
     json!({"ok": false, "error": message})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_should_say_busy_rather_than_shutting_down_when_the_answer_is_late() {
+        let (handle, commands) = ControlHandle::channel();
+        // Nobody reads the commands: the controller is busy.
+        let late = handle.registry_within(Request::Help, Duration::from_millis(50));
+        let text = late["error"].as_str().unwrap();
+        assert!(text.contains("did not answer within 0.05 s"), "{text}");
+        assert!(text.contains("busy"), "{text}");
+        assert!(!text.contains("shutting down"), "{text}");
+        drop(commands);
+        let gone = handle.registry_within(Request::Help, Duration::from_millis(50));
+        assert_eq!(gone["error"], SHUTTING_DOWN, "{gone}");
+    }
 }
