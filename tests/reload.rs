@@ -289,3 +289,26 @@ fn it_should_keep_following_the_file_after_its_directory_is_replaced() {
     std::fs::write(&path, config(&endpoint_list(&[c]), "")).unwrap();
     follows(addr, b'C');
 }
+
+/// A reload that changes `runtime.workers` keeps the running count: an
+/// endpoint the same reload adds gets one counter slot per running worker
+/// (with the file's 1, both workers would share one slot and lose counts).
+#[test]
+fn it_should_keep_one_counter_slot_per_running_worker_when_a_reload_changes_workers() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let served = Served::start(&config(&endpoint_list(&[a]), ""));
+    let addr = served.addr("web");
+    served.write(&config(&endpoint_list(&[b]), "").replace("workers = 2", "workers = 1"));
+    served.wait_for_reloads(1);
+    follows(addr, b'B');
+    let table = served.server.table().load_full();
+    let service = table.route("web").unwrap();
+    let endpoint = &service.member(b).unwrap().endpoint;
+    assert_eq!(served.server.workers(), 2);
+    assert_eq!(
+        endpoint.stats.slots().count(),
+        2,
+        "one counter slot per running worker, not per the file's runtime.workers"
+    );
+    assert_eq!(service.stats.slots().count(), 2);
+}

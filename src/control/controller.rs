@@ -352,6 +352,12 @@ impl Controller {
             .prepare(&config.listeners)
             .map_err(|e| self.reject(format!("{path}: {e}")))?;
         self.warn_about_restart_only_changes(&config);
+        let mut config = config;
+        // What runs stays as it started until a restart: above all the
+        // worker count, which sizes every per-worker counter array. Taking
+        // the file's count would give some workers a shared slot.
+        config.runtime = self.config.runtime.clone();
+        config.registry = self.config.registry.clone();
         self.config = config;
         let config = &self.config;
         let dropped = self.registrations.retain(|(service, addr), registered| {
@@ -386,6 +392,15 @@ impl Controller {
     }
 
     fn warn_about_restart_only_changes(&self, next: &Config) {
+        let running = self.config.runtime.workers;
+        if next.runtime.workers != running {
+            log::warn!(
+                "{}: runtime.workers = {} in the file, but {running} worker(s) are running; \
+                 the change takes effect at the next restart",
+                self.path.display(),
+                next.runtime.workers
+            );
+        }
         if next.runtime != self.config.runtime {
             log::warn!(
                 "{}: [runtime] changes take effect at the next restart",
