@@ -24,6 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long a caller waits for the controller to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a reload waits for the workers to stop removed listeners.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Registry changes applied together, then published as one snapshot.
 const MAX_BATCH: usize = 1024;
 
@@ -321,8 +324,14 @@ impl Controller {
     /// Builds the next snapshot from the config and registrations, and
     /// publishes it.
     fn publish(&self) -> u64 {
+        self.publish_config(&self.config)
+    }
+
+    /// Builds the next snapshot from `config` and the registrations, and
+    /// publishes it.
+    fn publish_config(&self, config: &Config) -> u64 {
         let previous = self.proxy.table().load();
-        let next = Snapshot::build(&self.config, &self.registrations, Some(&previous));
+        let next = Snapshot::build(config, &self.registrations, Some(&previous));
         self.proxy.publish(next)
     }
 
@@ -358,7 +367,7 @@ impl Controller {
         // the file's count would give some workers a shared slot.
         config.runtime = self.config.runtime.clone();
         config.registry = self.config.registry.clone();
-        self.config = config;
+        let previous = std::mem::replace(&mut self.config, config);
         let config = &self.config;
         let dropped = self.registrations.retain(|(service, addr), registered| {
             config
@@ -370,13 +379,33 @@ impl Controller {
                 "registry: {service} {addr} dropped: service {service} left the config file"
             );
         }
-        let generation = self.publish();
         let changes = if plan.is_empty() {
             "no listener changes".to_string()
         } else {
             format!("listeners {}", plan.summary())
         };
-        self.proxy.commit(plan);
+        let generation = if plan.removed().is_empty() {
+            // Added listeners are in the table before they accept.
+            let generation = self.publish();
+            // Nothing is removed, so nothing to wait for.
+            drop(self.proxy.commit(plan));
+            generation
+        } else {
+            // Removed listeners leave the table only once no worker
+            // accepts on them any more: until then a client one of them
+            // accepted still finds its route.
+            let bridge = bridge_config(&self.config, &previous, plan.removed());
+            self.publish_config(&bridge);
+            let stopped = self.proxy.commit(plan);
+            if stopped.recv_timeout(RETIRE_TIMEOUT) == Err(RecvTimeoutError::Timeout) {
+                log::warn!(
+                    "{path}: the workers did not stop the removed listeners within {} s; \
+                     dropping them from the routing table anyway",
+                    RETIRE_TIMEOUT.as_secs()
+                );
+            }
+            self.publish()
+        };
         self.stats.record_success();
         let message =
             format!("{path}: configuration reloaded (generation {generation}, {changes})");
@@ -564,6 +593,25 @@ impl Controller {
         }
         Ok(json!({"ok": true, "generation": table.generation, "endpoints": endpoints}))
     }
+}
+
+/// `next` plus the listeners of `previous` named in `retiring`, and the
+/// services they route to that `next` no longer has: the table to serve
+/// while the workers stop those listeners.
+fn bridge_config(next: &Config, previous: &Config, retiring: &[String]) -> Config {
+    let mut bridge = next.clone();
+    for listener in &previous.listeners {
+        if !retiring.contains(&listener.name) {
+            continue;
+        }
+        if bridge.service(&listener.service).is_none()
+            && let Some(service) = previous.service(&listener.service)
+        {
+            bridge.services.push(service.clone());
+        }
+        bridge.listeners.push(listener.clone());
+    }
+    bridge
 }
 
 fn error(message: String) -> Value {
