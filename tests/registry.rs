@@ -378,6 +378,54 @@ fn it_should_replace_a_stale_socket_file_and_remove_it_at_exit() {
 }
 
 #[test]
+fn it_should_undrain_a_drained_file_endpoint_at_run_time_through_l4mesh_ctl() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let served = Served::start(&config(&endpoint_list(&[a, b])));
+    let web = served.addr("web");
+    let socket = served.socket();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+            .arg("ctl")
+            .arg("-s")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let reply = registry(&socket, &format!("drain web {a}"));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!((0..8).all(|_| tag_of(web) == Some(b'B')), "a is drained");
+    // A file endpoint cannot be registered again to end its drain...
+    let reply = registry(&socket, &format!("register web {a}"));
+    assert_eq!(reply["ok"], false, "{reply}");
+    // ...but undrain ends it.
+    let (code, out) = ctl(&["undrain", "web", &a.to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        listed(&served)[0],
+        (a.to_string(), "file".into(), "up".into(), 1)
+    );
+    let tags: Vec<_> = (0..8).filter_map(|_| tag_of(web)).collect();
+    assert!(
+        tags.contains(&b'A'),
+        "new connections reach a again: {tags:?}"
+    );
+    // Undraining what is not draining, or is no endpoint, is an error.
+    let (code, out) = ctl(&["undrain", "web", &a.to_string()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not draining"), "{out}");
+    let reply = registry(&socket, "undrain web 127.0.0.1:9");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not an endpoint of service web"),
+        "{reply}"
+    );
+}
+
+#[test]
 fn it_should_print_tables_and_exit_codes_from_l4mesh_ctl() {
     let a = tagged_echo_backend(b'A');
     let served = Served::start(&config(&endpoint_list(&[a])));

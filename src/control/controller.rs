@@ -482,6 +482,7 @@ impl Controller {
             } => self.register(service, addr, weight, ttl),
             Request::Deregister { service, addr } => self.deregister(service, addr),
             Request::Drain { service, addr } => self.drain(service, addr).map(Answer::Now),
+            Request::Undrain { service, addr } => self.undrain(service, addr).map(Answer::Now),
             Request::List { service } => self.list(service.as_deref()).map(Answer::Now),
             Request::Reload => Ok(Answer::Now(match self.reload(true) {
                 Ok(message) => json!({"ok": true, "applied": true, "message": message}),
@@ -562,6 +563,25 @@ impl Controller {
         Ok(json!({
             "ok": true, "service": service, "addr": addr.to_string(),
             "active": active, "generation": generation,
+        }))
+    }
+
+    fn undrain(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
+        let current = self.service(&service)?;
+        if current.member(addr).is_none() {
+            return Err(error(format!(
+                "{addr} is not an endpoint of service {service}; `list {service}` shows its endpoints"
+            )));
+        }
+        if !self.registrations.undrain(&(service.clone(), addr)) {
+            return Err(error(format!(
+                "{addr} of service {service} is not draining; nothing to undo"
+            )));
+        }
+        let generation = self.publish();
+        log::info!("registry: undrained {service} {addr}; new connections reach it again");
+        Ok(json!({
+            "ok": true, "service": service, "addr": addr.to_string(), "generation": generation,
         }))
     }
 

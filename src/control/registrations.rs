@@ -87,6 +87,11 @@ impl Registrations {
         self.drained.insert(key);
     }
 
+    /// Ends an endpoint's drain; returns false if it was not draining.
+    pub fn undrain(&mut self, key: &EndpointKey) -> bool {
+        self.drained.remove(key)
+    }
+
     /// Whether an endpoint is draining.
     pub fn is_drained(&self, key: &EndpointKey) -> bool {
         self.drained.contains(key)
