@@ -215,12 +215,18 @@ fn it_should_drop_a_registration_whose_ttl_lapses_unless_it_heartbeats() {
         registry(&socket, &format!("register web {a} ttl=600ms"))["ok"],
         true
     );
-    // Heartbeats every 200 ms keep it for well past its ttl.
+    // Heartbeats every 200 ms keep it for well past its ttl: each one is
+    // not new, and moves the expiry back to 600 ms away.
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(
-            registry(&socket, &format!("register web {a} ttl=600ms"))["ok"],
-            true
+        let before = ttl_remaining_ms(&served, a);
+        let beat = registry(&socket, &format!("register web {a} ttl=600ms"));
+        assert_eq!(beat["ok"], true, "{beat}");
+        assert_eq!(beat["new"], false, "{beat}");
+        let after = ttl_remaining_ms(&served, a);
+        assert!(
+            after > before && after <= 600,
+            "the heartbeat extended the ttl: {before} -> {after} ms"
         );
     }
     assert_eq!(tag_of(web), Some(b'A'));
