@@ -9,7 +9,7 @@
 
 use super::protocol::{HELP, Request};
 use super::registrations::{EndpointKey, Registered, Registrations};
-use super::snapshot::{Service, Snapshot};
+use super::snapshot::{Service, Snapshot, Source};
 use crate::config::Config;
 use crate::runtime::ProxyControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -466,10 +466,13 @@ impl Controller {
         })
     }
 
-    fn declared_in_file(&self, service: &str, addr: SocketAddr) -> bool {
-        self.config
-            .service(service)
-            .is_some_and(|s| s.endpoints.iter().any(|e| e.addr == addr))
+    /// Whether the config file declares `addr` for `service`: the
+    /// published service's member at `addr` comes from the file (O(1); the
+    /// file's endpoints change only by a reload, which publishes at once).
+    fn declared_in_file(service: &Service, addr: SocketAddr) -> bool {
+        service
+            .member(addr)
+            .is_some_and(|m| m.source == Source::File)
     }
 
     fn registry(&mut self, request: Request) -> Answer {
@@ -502,8 +505,8 @@ impl Controller {
         weight: u32,
         ttl: Option<Duration>,
     ) -> Result<Answer, Value> {
-        self.service(&service)?;
-        if self.declared_in_file(&service, addr) {
+        let current = self.service(&service)?;
+        if Self::declared_in_file(&current, addr) {
             return Err(error(format!(
                 "{addr} is declared for service {service} in {}; edit the file to change it",
                 self.path.display()
@@ -530,8 +533,8 @@ impl Controller {
     }
 
     fn deregister(&mut self, service: String, addr: SocketAddr) -> Result<Answer, Value> {
-        self.service(&service)?;
-        if self.declared_in_file(&service, addr) {
+        let current = self.service(&service)?;
+        if Self::declared_in_file(&current, addr) {
             return Err(error(format!(
                 "{addr} is declared for service {service} in {}; edit the file to remove it",
                 self.path.display()
