@@ -64,8 +64,8 @@ impl SmoothWeighted {
             let mid = lo + (hi - lo) / 2;
             let total = self.prefix[hi] - self.prefix[lo];
             let left = self.prefix[mid] - self.prefix[lo];
-            let (before, through) = lefts(p, left, total);
-            if through > before {
+            let (before, is_left) = lefts(p, left, total);
+            if is_left {
                 hi = mid;
                 p = before;
             } else {
@@ -77,28 +77,24 @@ impl SmoothWeighted {
     }
 }
 
-/// Of positions `0..p` and `0..=p` of a period of `total` that interleaves
-/// `left` lefts evenly with the rest, how many are lefts. Rounded to
-/// nearest, so the lefts sit in the middle of their shares; over the whole
-/// period that is exactly `left`.
-fn lefts(p: u64, left: u64, total: u64) -> (u64, u64) {
+/// Of positions `0..p` of a period of `total` that interleaves `left`
+/// lefts evenly with the rest, how many are lefts, and whether position `p`
+/// is one. Rounded to nearest, so the lefts sit in the middle of their
+/// shares; over the whole period that is exactly `left`. One division:
+/// position `p` is a left when `(p + 1) * left` crosses the next multiple of
+/// `total`, which the remainder tells.
+fn lefts(p: u64, left: u64, total: u64) -> (u64, bool) {
     let half = total / 2;
     if total <= u64::from(u32::MAX) {
-        // p < total and left <= total: the products fit in 64 bits.
-        ((p * left + half) / total, ((p + 1) * left + half) / total)
+        // p < total and left <= total: the product fits in 64 bits.
+        let n = p * left + half;
+        (n / total, n % total + left >= total)
     } else {
-        let (p, left, total, half) = (
-            u128::from(p),
-            u128::from(left),
-            u128::from(total),
-            u128::from(half),
-        );
-        // Each quotient is at most `left`, so it fits back in 64 bits.
-        let narrow = |n: u128| u64::try_from(n).unwrap_or(u64::MAX);
-        (
-            narrow((p * left + half) / total),
-            narrow(((p + 1) * left + half) / total),
-        )
+        let (left, total) = (u128::from(left), u128::from(total));
+        let n = u128::from(p) * left + u128::from(half);
+        // The quotient is at most `left`, so it fits back in 64 bits.
+        let before = u64::try_from(n / total).unwrap_or(u64::MAX);
+        (before, n % total + left >= total)
     }
 }
 
@@ -203,6 +199,28 @@ mod tests {
             seen[255] && seen[19_999 - 16],
             "the heaviest were never picked"
         );
+    }
+
+    #[test]
+    fn it_should_count_lefts_the_same_past_32_bits() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..10_000 {
+            let total = rng.u64(1..=u64::from(u32::MAX) * 300);
+            let (left, p) = (rng.u64(0..=total), rng.u64(0..total));
+            let (t, l, q, h) = (
+                u128::from(total),
+                u128::from(left),
+                u128::from(p),
+                u128::from(total / 2),
+            );
+            let before = (q * l + h) / t;
+            let through = ((q + 1) * l + h) / t;
+            assert_eq!(
+                lefts(p, left, total),
+                (before as u64, through > before),
+                "p={p} left={left} total={total}"
+            );
+        }
     }
 
     #[test]
