@@ -36,7 +36,8 @@ enum Command {
     /// Send one request to a running l4mesh's registry socket.
     ///
     /// Requests: register SERVICE ADDR [weight=N] [ttl=DURATION] | deregister
-    /// SERVICE ADDR | drain SERVICE ADDR | list [SERVICE] | reload | help.
+    /// SERVICE ADDR | drain SERVICE ADDR | undrain SERVICE ADDR | list [SERVICE] |
+    /// reload | help.
     /// Exits 0 if the registry answered ok, 1 otherwise.
     Ctl {
         /// The registry socket (`[registry] socket` in the config).

@@ -215,12 +215,18 @@ fn it_should_drop_a_registration_whose_ttl_lapses_unless_it_heartbeats() {
         registry(&socket, &format!("register web {a} ttl=600ms"))["ok"],
         true
     );
-    // Heartbeats every 200 ms keep it for well past its ttl.
+    // Heartbeats every 200 ms keep it for well past its ttl: each one is
+    // not new, and moves the expiry back to 600 ms away.
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(
-            registry(&socket, &format!("register web {a} ttl=600ms"))["ok"],
-            true
+        let before = ttl_remaining_ms(&served, a);
+        let beat = registry(&socket, &format!("register web {a} ttl=600ms"));
+        assert_eq!(beat["ok"], true, "{beat}");
+        assert_eq!(beat["new"], false, "{beat}");
+        let after = ttl_remaining_ms(&served, a);
+        assert!(
+            after > before && after <= 600,
+            "the heartbeat extended the ttl: {before} -> {after} ms"
         );
     }
     assert_eq!(tag_of(web), Some(b'A'));
@@ -231,6 +237,108 @@ fn it_should_drop_a_registration_whose_ttl_lapses_unless_it_heartbeats() {
         tag_of(web),
         None,
         "a service with no endpoints closes the client"
+    );
+}
+
+/// The TTL left on `addr`'s registration in service web, per `list`.
+fn ttl_remaining_ms(served: &Served, addr: std::net::SocketAddr) -> u64 {
+    let reply = registry(&served.socket(), "list web");
+    let endpoints = reply["endpoints"].as_array().unwrap();
+    let entry = endpoints
+        .iter()
+        .find(|e| e["addr"] == addr.to_string().as_str())
+        .unwrap_or_else(|| panic!("{addr} is not listed: {reply}"));
+    entry["ttl_remaining_ms"].as_u64().unwrap()
+}
+
+#[test]
+fn it_should_extend_a_ttl_on_heartbeat_without_publishing_a_new_table() {
+    let a = tagged_echo_backend(b'A');
+    let served = Served::start(&config(""));
+    let socket = served.socket();
+    let first = registry(&socket, &format!("register web {a} ttl=60s"));
+    assert_eq!(first["new"], true, "{first}");
+    let table = served.server.table().load_full();
+    eventually(Duration::from_secs(5), "the ttl to run down", || {
+        ttl_remaining_ms(&served, a) <= 59_900
+    });
+    let before = ttl_remaining_ms(&served, a);
+    let beat = registry(&socket, &format!("register web {a} ttl=60s"));
+    assert_eq!(beat["ok"], true, "{beat}");
+    assert_eq!(beat["new"], false, "{beat}");
+    assert_eq!(beat["generation"], first["generation"], "{beat}");
+    let after = ttl_remaining_ms(&served, a);
+    assert!(
+        after > before,
+        "the heartbeat extended the ttl: {before} -> {after}"
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(&table, &served.server.table().load_full()),
+        "a heartbeat that changes nothing published a new table"
+    );
+    // A heartbeat that changes the weight does publish.
+    let changed = registry(&socket, &format!("register web {a} weight=2 ttl=60s"));
+    assert_eq!(changed["new"], false, "{changed}");
+    assert_eq!(
+        changed["generation"].as_u64(),
+        first["generation"].as_u64().map(|g| g + 1),
+        "{changed}"
+    );
+    assert_eq!(listed(&served)[0].3, 2);
+}
+
+/// A service of 20,000 weighted round-robin endpoints: 48 clients register
+/// at once, each a rebuild of that service, and a `list` comes in behind
+/// them. Registrations queued behind a build are applied together and
+/// published once, so everyone is answered within seconds, not after 48
+/// builds one after another.
+#[test]
+fn it_should_answer_a_burst_of_registrations_on_a_big_table_within_seconds() {
+    let endpoints: Vec<String> = (0..20_000u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x7f01_0000 + i / 1000);
+            format!(
+                "{{ addr = \"{ip}:{}\", weight = {} }}",
+                10_000 + i % 1000,
+                1 + i % 256
+            )
+        })
+        .collect();
+    let served = Served::start(&config(&format!("endpoints = [{}]", endpoints.join(", "))));
+    let socket = served.socket();
+    let generation = registry(&socket, "list api")["generation"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..48)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let reply = registry(&socket, &format!("register web 127.0.0.2:{}", 20000 + i));
+                (reply, started.elapsed())
+            })
+        })
+        .collect();
+    let listed = registry(&socket, "list api");
+    assert_eq!(listed["ok"], true, "{listed}");
+    let mut slowest = Duration::ZERO;
+    let mut generations = std::collections::BTreeSet::new();
+    for client in clients {
+        let (reply, took) = client.join().unwrap();
+        assert_eq!(reply["ok"], true, "{reply}");
+        generations.insert(reply["generation"].as_u64().unwrap());
+        slowest = slowest.max(took);
+    }
+    println!("48 registrations: slowest answer {slowest:?}, generations {generations:?}");
+    assert!(
+        slowest < Duration::from_secs(8),
+        "the last registration waited {slowest:?}"
+    );
+    let last = registry(&socket, "list web");
+    assert_eq!(last["endpoints"].as_array().unwrap().len(), 20_048);
+    assert!(
+        last["generation"].as_u64().unwrap() - generation < 48,
+        "48 registrations were published one by one: {generations:?}"
     );
 }
 
@@ -273,6 +381,54 @@ fn it_should_replace_a_stale_socket_file_and_remove_it_at_exit() {
     server.stop_handle().stop();
     server.wait();
     assert!(!socket.exists());
+}
+
+#[test]
+fn it_should_undrain_a_drained_file_endpoint_at_run_time_through_l4mesh_ctl() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let served = Served::start(&config(&endpoint_list(&[a, b])));
+    let web = served.addr("web");
+    let socket = served.socket();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+            .arg("ctl")
+            .arg("-s")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let reply = registry(&socket, &format!("drain web {a}"));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!((0..8).all(|_| tag_of(web) == Some(b'B')), "a is drained");
+    // A file endpoint cannot be registered again to end its drain...
+    let reply = registry(&socket, &format!("register web {a}"));
+    assert_eq!(reply["ok"], false, "{reply}");
+    // ...but undrain ends it.
+    let (code, out) = ctl(&["undrain", "web", &a.to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        listed(&served)[0],
+        (a.to_string(), "file".into(), "up".into(), 1)
+    );
+    let tags: Vec<_> = (0..8).filter_map(|_| tag_of(web)).collect();
+    assert!(
+        tags.contains(&b'A'),
+        "new connections reach a again: {tags:?}"
+    );
+    // Undraining what is not draining, or is no endpoint, is an error.
+    let (code, out) = ctl(&["undrain", "web", &a.to_string()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not draining"), "{out}");
+    let reply = registry(&socket, "undrain web 127.0.0.1:9");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not an endpoint of service web"),
+        "{reply}"
+    );
 }
 
 #[test]

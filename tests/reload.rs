@@ -289,3 +289,121 @@ fn it_should_keep_following_the_file_after_its_directory_is_replaced() {
     std::fs::write(&path, config(&endpoint_list(&[c]), "")).unwrap();
     follows(addr, b'C');
 }
+
+/// A reload that changes `runtime.workers` keeps the running count: an
+/// endpoint the same reload adds gets one counter slot per running worker
+/// (with the file's 1, both workers would share one slot and lose counts).
+#[test]
+fn it_should_keep_one_counter_slot_per_running_worker_when_a_reload_changes_workers() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let served = Served::start(&config(&endpoint_list(&[a]), ""));
+    let addr = served.addr("web");
+    served.write(&config(&endpoint_list(&[b]), "").replace("workers = 2", "workers = 1"));
+    served.wait_for_reloads(1);
+    follows(addr, b'B');
+    let table = served.server.table().load_full();
+    let service = table.route("web").unwrap();
+    let endpoint = &service.member(b).unwrap().endpoint;
+    assert_eq!(served.server.workers(), 2);
+    assert_eq!(
+        endpoint.stats.slots().count(),
+        2,
+        "one counter slot per running worker, not per the file's runtime.workers"
+    );
+    assert_eq!(service.stats.slots().count(), 2);
+}
+
+/// Listener `extra` is added and removed 40 times while clients hammer it
+/// and `web`: every client of `web` is served, and a client of `extra` is
+/// served, refused or reset (its listener went away), but never accepted
+/// and then closed without a byte for want of a route.
+#[test]
+fn it_should_never_close_a_client_for_want_of_a_route_during_listener_churn() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let a = tagged_echo_backend(b'A');
+    let extra = "[listeners.extra]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n";
+    let served = Served::start(&config(&endpoint_list(&[a]), extra));
+    let web = served.addr("web");
+    let extra_addr = Arc::new(Mutex::new(served.addr("extra")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served_extra, no_route) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Clients paced (1 ms apart) and bounded in time, so that TIME_WAIT
+    // never runs the machine out of ephemeral ports.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let web_client = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                assert_eq!(tag_of(web), Some(b'A'), "client {n} of web not served");
+                n += 1;
+                thread::sleep(Duration::from_millis(1));
+            }
+            n
+        })
+    };
+    let extra_clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, addr) = (Arc::clone(&stop), Arc::clone(&extra_addr));
+            let (ok, bad) = (Arc::clone(&served_extra), Arc::clone(&no_route));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(1));
+                    let target = *addr.lock().unwrap();
+                    let Ok(mut s) = TcpStream::connect(target) else {
+                        continue;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut tag = [0u8; 1];
+                    match s.read(&mut tag) {
+                        Ok(1) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => bad.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => 0, // reset: its listener closed
+                    };
+                }
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for round in 0..40 {
+        let with_extra = round % 2 == 1;
+        served.write(&config(
+            &endpoint_list(&[a]),
+            if with_extra { extra } else { "" },
+        ));
+        let started = std::time::Instant::now();
+        let outcome = served.server.control().reload();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        slowest = slowest.max(started.elapsed());
+        if with_extra {
+            *extra_addr.lock().unwrap() = served.addr("extra");
+            // Let its clients find it before it goes again.
+            let seen = served_extra.load(Ordering::Relaxed);
+            eventually(Duration::from_secs(10), "extra serves", || {
+                served_extra.load(Ordering::Relaxed) > seen
+            });
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let web_served = web_client.join().unwrap();
+    for t in extra_clients {
+        t.join().unwrap();
+    }
+    println!(
+        "web served {web_served}; extra served {}, closed for want of a route {}; \
+         slowest reload {slowest:?}",
+        served_extra.load(Ordering::Relaxed),
+        no_route.load(Ordering::Relaxed)
+    );
+    assert!(web_served > 0);
+    assert!(
+        slowest < Duration::from_secs(4),
+        "a reload waited {slowest:?} for the workers to stop a listener"
+    );
+    assert_eq!(
+        no_route.load(Ordering::Relaxed),
+        0,
+        "clients were accepted and closed without a route"
+    );
+}

@@ -5,9 +5,10 @@
 //! endpoint has its own permutation of the slots, `offset + j * step (mod
 //! size)`, with `offset` and `step` hashed from its address: keyed on the
 //! address rather than the list position, an endpoint keeps its permutation
-//! when others join or leave. The table is filled in rounds; in each round an
-//! endpoint of weight `w` takes `w` turns, and a turn claims the next free slot
-//! of its permutation. So shares follow the weights, and adding or removing
+//! when others join or leave. The table is filled in rounds; by round `r` an
+//! endpoint of weight `w` has claimed about `r * w / max(weights)` slots, each
+//! the next free slot of its permutation. So shares follow the weights
+//! whatever the list order, and adding or removing
 //! one endpoint of `n` moves about `1/n` of the clients. The table is built
 //! once with the snapshot; a pick hashes the client IP and reads one slot.
 //!
@@ -96,8 +97,16 @@ impl Policy for Maglev {
     }
 }
 
-/// Maglev's population: every endpoint claims slots along its permutation,
-/// `weight` turns per round, until every slot is taken.
+/// Maglev's population, weighted as Envoy's Maglev does: in round `r` an
+/// endpoint of weight `w` (of the largest weight `max`) claims the next free
+/// slot of its permutation while it holds fewer than `r * w / max`, so the
+/// heaviest claim one slot every round and every endpoint keeps pace with
+/// its weight whatever its place in the list. (Taking `w` turns each per
+/// round instead gave everything to the first endpoints of the list when
+/// the weights sum past the table's size: 20,000 endpoints of weights 1 to
+/// 256 left 19,000 of them without a slot.) The heaviest claim one slot per
+/// round, so there are at most `TABLE_SIZE * max / sum(weights)` rounds of
+/// n steps: at most `TABLE_SIZE * min(n, max)` steps in all.
 fn fill(endpoints: &[EndpointConfig]) -> Box<[u32]> {
     if endpoints.is_empty() {
         return Box::default();
@@ -113,23 +122,32 @@ fn fill(endpoints: &[EndpointConfig]) -> Box<[u32]> {
             (offset, step)
         })
         .collect();
+    let weights: Vec<u64> = endpoints
+        .iter()
+        .map(|e| u64::from(e.weight.max(1)))
+        .collect();
+    let max = weights.iter().copied().max().unwrap_or(1);
+    let mut claimed = vec![0u64; endpoints.len()];
     let mut table = vec![u32::MAX; TABLE_SIZE];
     let mut filled = 0;
-    // Each round claims at least one slot, so at most TABLE_SIZE rounds.
-    while filled < TABLE_SIZE {
-        for (index, endpoint) in endpoints.iter().enumerate() {
-            for _ in 0..endpoint.weight.max(1) {
-                let (next, step) = &mut cursors[index];
-                // A free slot exists (filled < size) and the permutation
-                // reaches every slot, so this ends within TABLE_SIZE steps.
-                while table[*next as usize] != u32::MAX {
-                    *next = (*next + *step) % size;
-                }
-                table[*next as usize] = index as u32;
-                filled += 1;
-                if filled == TABLE_SIZE {
-                    return table.into_boxed_slice();
-                }
+    // The heaviest endpoint claims a slot every round, so at most
+    // TABLE_SIZE rounds.
+    for round in 1..=size {
+        for (index, &weight) in weights.iter().enumerate() {
+            if claimed[index] * max >= round * weight {
+                continue;
+            }
+            let (next, step) = &mut cursors[index];
+            // A free slot exists (filled < size) and the permutation
+            // reaches every slot, so this ends within TABLE_SIZE steps.
+            while table[*next as usize] != u32::MAX {
+                *next = (*next + *step) % size;
+            }
+            table[*next as usize] = index as u32;
+            claimed[index] += 1;
+            filled += 1;
+            if filled == TABLE_SIZE {
+                return table.into_boxed_slice();
             }
         }
     }
@@ -323,6 +341,29 @@ mod tests {
             pick(&policy, IpAddr::V4(Ipv4Addr::LOCALHOST), &|_| true),
             None
         );
+    }
+
+    #[test]
+    fn it_should_share_the_table_by_weight_even_when_the_weights_outgrow_it() {
+        // Weights summing to 128,500, twice the table: shares are fractions
+        // of slots for the lightest, and list order must not decide them.
+        let weights: Vec<u32> = (0..1000).map(|i| 1 + i % 256).collect();
+        let total: u32 = weights.iter().sum();
+        let policy = Maglev::new(&endpoints(&weights));
+        let mut slots = vec![0u32; 1000];
+        for &i in policy.table.iter() {
+            slots[i as usize] += 1;
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            let share = TABLE_SIZE as f64 * f64::from(w) / f64::from(total);
+            let off = (f64::from(slots[i]) - share).abs();
+            assert!(
+                off <= 1.5,
+                "endpoint {i} of weight {w}: {} slots for a share of {share:.1}",
+                slots[i]
+            );
+        }
+        assert!(slots[999] > 0, "the end of the list has its share");
     }
 
     #[test]

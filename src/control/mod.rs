@@ -13,7 +13,7 @@ mod watch;
 
 pub(crate) use controller::Controller;
 pub use controller::{Command, ControlHandle, ReloadStats};
-pub use registrations::{EndpointKey, Registration, Registrations};
+pub use registrations::{EndpointKey, Registered, Registration, Registrations};
 pub use registry::{RegistryError, RegistryServer};
 pub use snapshot::{
     ActiveGuard, Choice, ClientCount, ClientGuard, Endpoint, EndpointState, Listener, Member,

@@ -5,6 +5,7 @@
 //! register SERVICE ADDR [weight=N] [ttl=DURATION]
 //! deregister SERVICE ADDR
 //! drain SERVICE ADDR
+//! undrain SERVICE ADDR
 //! list [SERVICE]
 //! reload
 //! help
@@ -25,7 +26,8 @@ pub const MAX_LINE: usize = 4096;
 /// What each verb does, for `help` and error messages.
 pub const HELP: &str = "register SERVICE ADDR [weight=N] [ttl=DURATION]: add or update an endpoint \
 (with ttl, it lapses unless registered again in time); deregister SERVICE ADDR: remove a \
-registered endpoint; drain SERVICE ADDR: no new connections, open ones continue; list [SERVICE]: \
+registered endpoint; drain SERVICE ADDR: no new connections, open ones continue; undrain SERVICE \
+ADDR: end a drain, new connections come again; list [SERVICE]: \
 endpoints with weight, source, state and active connections; reload: re-read the config file \
 now; help: this text";
 
@@ -52,6 +54,13 @@ pub enum Request {
     },
     /// Stop sending new connections to an endpoint.
     Drain {
+        /// The service.
+        service: String,
+        /// The endpoint.
+        addr: SocketAddr,
+    },
+    /// End a drain: new connections reach the endpoint again.
+    Undrain {
         /// The service.
         service: String,
         /// The endpoint.
@@ -98,15 +107,15 @@ pub fn parse(line: &str) -> Result<Request, String> {
                 ttl,
             })
         }
-        "deregister" | "drain" => {
+        "deregister" | "drain" | "undrain" => {
             let (service, addr, extra) = service_and_addr(verb, &args, "")?;
             if let Some(word) = extra.first() {
                 return Err(format!("unexpected `{word}`; usage: {verb} SERVICE ADDR"));
             }
-            Ok(if verb == "drain" {
-                Request::Drain { service, addr }
-            } else {
-                Request::Deregister { service, addr }
+            Ok(match verb {
+                "drain" => Request::Drain { service, addr },
+                "undrain" => Request::Undrain { service, addr },
+                _ => Request::Deregister { service, addr },
             })
         }
         "list" => match args.as_slice() {
@@ -120,7 +129,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         "reload" => Ok(Request::Reload),
         "help" => Ok(Request::Help),
         other => Err(format!(
-            "unknown verb `{}`; verbs: register, deregister, drain, list, reload, help",
+            "unknown verb `{}`; verbs: register, deregister, drain, undrain, list, reload, help",
             other.escape_debug()
         )),
     }
@@ -187,6 +196,7 @@ impl fmt::Display for Request {
             }
             Request::Deregister { service, addr } => write!(f, "deregister {service} {addr}"),
             Request::Drain { service, addr } => write!(f, "drain {service} {addr}"),
+            Request::Undrain { service, addr } => write!(f, "undrain {service} {addr}"),
             Request::List { service: None } => write!(f, "list"),
             Request::List {
                 service: Some(service),
@@ -227,6 +237,13 @@ mod tests {
                 addr
             })
         );
+        assert_eq!(
+            parse("undrain web 127.0.0.1:9001"),
+            Ok(Request::Undrain {
+                service: "web".into(),
+                addr
+            })
+        );
         assert_eq!(parse("list"), Ok(Request::List { service: None }));
         assert_eq!(
             parse("list web"),
@@ -262,6 +279,7 @@ mod tests {
                 "unknown option `color=red`",
             ),
             ("drain web 127.0.0.1:1 now", "unexpected `now`"),
+            ("undrain web", "usage: undrain SERVICE ADDR"),
             ("list a b", "usage: list [SERVICE]"),
             ("reload now", "takes no arguments"),
         ];
@@ -278,6 +296,7 @@ mod tests {
             "register web 127.0.0.1:80",
             "deregister a 127.0.0.1:1",
             "drain a 127.0.0.1:1",
+            "undrain a 127.0.0.1:1",
             "list",
             "list a",
             "reload",

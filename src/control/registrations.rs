@@ -18,15 +18,30 @@ pub struct Registration {
     pub expires: Option<Instant>,
 }
 
+/// What registering an endpoint changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// It was not registered before.
+    New,
+    /// It was, with another weight, or it was draining: the table changes.
+    Changed,
+    /// A heartbeat: only its expiry moved, which the table does not hold.
+    Refreshed,
+}
+
 /// Registered and drained endpoints.
 #[derive(Debug, Default, Clone)]
 pub struct Registrations {
     entries: BTreeMap<EndpointKey, Registration>,
     drained: BTreeSet<EndpointKey>,
+    /// The entries that have an expiry, soonest first: finding the next
+    /// expiry and the lapsed ones costs O(log n), not a scan of every
+    /// registration after every request.
+    expiries: BTreeSet<(Instant, EndpointKey)>,
 }
 
 impl Registrations {
-    /// Adds or refreshes an endpoint; returns true if it is new. Registering
+    /// Adds or refreshes an endpoint and says what that changed. Registering
     /// again ends a drain: the instance says it is ready.
     pub fn register(
         &mut self,
@@ -34,24 +49,47 @@ impl Registrations {
         weight: u32,
         ttl: Option<Duration>,
         now: Instant,
-    ) -> bool {
-        self.drained.remove(&key);
+    ) -> Registered {
+        let was_drained = self.drained.remove(&key);
         let registration = Registration {
             weight,
             expires: ttl.map(|ttl| now + ttl),
         };
-        self.entries.insert(key, registration).is_none()
+        let previous = self.entries.insert(key.clone(), registration.clone());
+        // The old expiry goes first: the new one may be the same instant.
+        if let Some(at) = previous.as_ref().and_then(|old| old.expires) {
+            self.expiries.remove(&(at, key.clone()));
+        }
+        if let Some(at) = registration.expires {
+            self.expiries.insert((at, key));
+        }
+        match previous {
+            None => Registered::New,
+            Some(old) if old.weight != weight || was_drained => Registered::Changed,
+            Some(_) => Registered::Refreshed,
+        }
     }
 
     /// Removes a registered endpoint; returns false if it was not registered.
     pub fn deregister(&mut self, key: &EndpointKey) -> bool {
         self.drained.remove(key);
-        self.entries.remove(key).is_some()
+        let Some(old) = self.entries.remove(key) else {
+            return false;
+        };
+        if let Some(at) = old.expires {
+            self.expiries.remove(&(at, key.clone()));
+        }
+        true
     }
 
     /// Puts an endpoint (registered or from the file) into drain.
     pub fn drain(&mut self, key: EndpointKey) {
         self.drained.insert(key);
+    }
+
+    /// Ends an endpoint's drain; returns false if it was not draining.
+    pub fn undrain(&mut self, key: &EndpointKey) -> bool {
+        self.drained.remove(key)
     }
 
     /// Whether an endpoint is draining.
@@ -78,10 +116,10 @@ impl Registrations {
     /// Removes registrations whose TTL lapsed by `now`; returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<EndpointKey> {
         let lapsed: Vec<EndpointKey> = self
-            .entries
+            .expiries
             .iter()
-            .filter(|(_, r)| r.expires.is_some_and(|at| at <= now))
-            .map(|(k, _)| k.clone())
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, k)| k.clone())
             .collect();
         for key in &lapsed {
             self.deregister(key);
@@ -91,7 +129,7 @@ impl Registrations {
 
     /// When the next registration lapses.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.entries.values().filter_map(|r| r.expires).min()
+        self.expiries.first().map(|(at, _)| *at)
     }
 
     /// Forgets everything about endpoints for which `keep` is false (their
@@ -104,6 +142,7 @@ impl Registrations {
             .cloned()
             .collect();
         self.entries.retain(|k, _| keep(k, true));
+        self.expiries.retain(|(_, k)| keep(k, true));
         let entries = &self.entries;
         self.drained
             .retain(|k| entries.contains_key(k) || keep(k, false));
@@ -123,17 +162,14 @@ mod tests {
     fn it_should_expire_registrations_whose_ttl_lapsed_unless_refreshed() {
         let t0 = Instant::now();
         let mut regs = Registrations::default();
-        assert!(regs.register(key(1), 1, Some(Duration::from_secs(2)), t0));
-        assert!(regs.register(key(2), 1, Some(Duration::from_secs(2)), t0));
-        assert!(regs.register(key(3), 1, None, t0));
+        let ttl = Some(Duration::from_secs(2));
+        assert_eq!(regs.register(key(1), 1, ttl, t0), Registered::New);
+        assert_eq!(regs.register(key(2), 1, ttl, t0), Registered::New);
+        assert_eq!(regs.register(key(3), 1, None, t0), Registered::New);
         assert_eq!(regs.next_expiry(), Some(t0 + Duration::from_secs(2)));
-        // A heartbeat for key 2 moves its expiry.
-        assert!(!regs.register(
-            key(2),
-            1,
-            Some(Duration::from_secs(2)),
-            t0 + Duration::from_secs(1)
-        ));
+        // A heartbeat for key 2 moves its expiry and changes nothing else.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(regs.register(key(2), 1, ttl, later), Registered::Refreshed);
         assert_eq!(regs.expire(t0 + Duration::from_secs(2)), vec![key(1)]);
         assert_eq!(regs.expire(t0 + Duration::from_secs(3)), vec![key(2)]);
         assert!(regs.get(&key(3)).is_some());
@@ -147,8 +183,17 @@ mod tests {
         regs.register(key(1), 1, None, now);
         regs.drain(key(1));
         assert!(regs.is_drained(&key(1)));
-        regs.register(key(1), 1, None, now);
+        assert_eq!(regs.register(key(1), 1, None, now), Registered::Changed);
         assert!(!regs.is_drained(&key(1)));
+        assert_eq!(regs.register(key(1), 2, None, now), Registered::Changed);
+        assert_eq!(regs.register(key(1), 2, None, now), Registered::Refreshed);
+        // The same expiry twice, then none: the index keeps up.
+        let ttl = Some(Duration::from_secs(1));
+        regs.register(key(1), 2, ttl, now);
+        regs.register(key(1), 2, ttl, now);
+        assert_eq!(regs.next_expiry(), Some(now + Duration::from_secs(1)));
+        regs.register(key(1), 2, None, now);
+        assert_eq!(regs.next_expiry(), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::health::{self, Ejection, EndpointHealth, ServiceHealth, Verdict};
 use crate::metrics::{EndpointStats, ListenerStats, ServiceStats};
 use crate::runtime::LogLimit;
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,6 +185,9 @@ pub struct Service {
     pub shared: Arc<ServiceHealth>,
     /// Members that are not draining: the whole for panic and ejection shares.
     eligible: usize,
+    /// Member index by address, so that rebuilding a service of n members
+    /// from the previous one costs O(n), not O(n²).
+    by_addr: HashMap<SocketAddr, usize>,
     policy: Box<dyn Policy>,
     /// The file's settings this was built from, to reuse it when unchanged.
     config: ServiceConfig,
@@ -331,7 +334,7 @@ impl Service {
 
     /// The member at `addr`.
     pub fn member(&self, addr: SocketAddr) -> Option<&Member> {
-        self.members.iter().find(|m| m.endpoint.addr == addr)
+        self.by_addr.get(&addr).map(|&i| &self.members[i])
     }
 
     /// Builds the service, or reuses `previous` whole (balancer position
@@ -369,9 +372,10 @@ impl Service {
             })
             .collect();
         // A registered address the file also declares is the file's.
+        let in_file: HashSet<SocketAddr> = config.endpoints.iter().map(|e| e.addr).collect();
         let registered: Vec<Member> = registrations
             .of_service(&config.name)
-            .filter(|(addr, _)| !config.endpoints.iter().any(|e| e.addr == *addr))
+            .filter(|(addr, _)| !in_file.contains(addr))
             .map(|(addr, r)| Member {
                 endpoint: endpoint(addr),
                 weight: r.weight,
@@ -410,6 +414,11 @@ impl Service {
             outlier: config.outlier.clone(),
             policy: balance::build(config.balance, &endpoints),
             eligible: members.iter().filter(|m| !m.draining).count(),
+            by_addr: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.endpoint.addr, i))
+                .collect(),
             members,
             stats: previous.map_or_else(
                 || Arc::new(ServiceStats::new(workers)),

@@ -29,6 +29,10 @@ pub enum ListenerChange {
     Remove {
         /// The listener's name.
         name: String,
+        /// Dropped once the accept loop has stopped and every client it
+        /// accepted has looked up its route, so that the table may then
+        /// drop the listener without a client finding no route.
+        done: crossbeam_channel::Sender<()>,
     },
 }
 
@@ -44,6 +48,11 @@ pub struct ListenerPlan {
 }
 
 impl ListenerPlan {
+    /// The listeners it removes.
+    pub fn removed(&self) -> &[String] {
+        &self.remove
+    }
+
     /// Whether applying it changes nothing.
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
@@ -148,13 +157,20 @@ impl Listeners {
         Ok(plan)
     }
 
-    /// Hands new sockets to the workers and stops removed listeners.
-    pub fn commit(&mut self, plan: ListenerPlan) {
+    /// Hands new sockets to the workers and stops removed listeners. The
+    /// receiver disconnects once every worker has stopped accepting on
+    /// every removed listener (see [`ListenerChange::Remove`]).
+    pub fn commit(&mut self, plan: ListenerPlan) -> crossbeam_channel::Receiver<()> {
+        let (done, removed) = crossbeam_channel::bounded(0);
         let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
         for name in plan.remove {
             for worker in &self.workers {
                 // A worker that is gone is shutting down: nothing to stop.
-                let _ = worker.send(ListenerChange::Remove { name: name.clone() });
+                let done = done.clone();
+                let _ = worker.send(ListenerChange::Remove {
+                    name: name.clone(),
+                    done,
+                });
             }
             self.current.remove(&name);
             self.inodes.remove(&name);
@@ -169,5 +185,6 @@ impl Listeners {
             self.inodes.insert(listener.name.clone(), inodes);
             self.current.insert(listener.name.clone(), listener);
         }
+        removed
     }
 }

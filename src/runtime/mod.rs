@@ -126,8 +126,8 @@ impl ProxyControl {
     }
 
     /// Hands a prepared plan to the workers; see [`Listeners::commit`].
-    pub fn commit(&self, plan: ListenerPlan) {
-        self.lock().commit(plan);
+    pub fn commit(&self, plan: ListenerPlan) -> crossbeam_channel::Receiver<()> {
+        self.lock().commit(plan)
     }
 
     /// The address listener `name` is bound to.

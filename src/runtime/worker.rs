@@ -170,10 +170,19 @@ async fn serve(mut plan: WorkerPlan) {
                     stopped.push(old_task);
                 }
             }
-            Some(ListenerChange::Remove { name }) => {
+            Some(ListenerChange::Remove { name, done }) => {
                 if let Some((stop, task)) = loops.remove(&name) {
                     stop.send_replace(true);
-                    stopped.push(task);
+                    stopped.push(tokio::task::spawn_local(async move {
+                        // A panicked accept loop has been reported already.
+                        let _ = task.await;
+                        // The clients it accepted were spawned before this
+                        // task woke; one more turn lets each of them look
+                        // up its route before `done` says the listener may
+                        // leave the table.
+                        tokio::task::yield_now().await;
+                        drop(done);
+                    }));
                 }
             }
             None => break,
