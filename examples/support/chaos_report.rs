@@ -295,7 +295,7 @@ pub fn main(args: &[String]) -> Result<bool> {
 
     let _ = writeln!(
         w,
-        "\n## Proxy resources\n\n| when | descriptors (pipes aside) | pipe descriptors | RSS KiB |\n|---|---|---|---|"
+        "\n## Proxy resources\n\n| when | descriptors (pipes aside) | pipe descriptors | RSS KiB | descriptors by kind |\n|---|---|---|---|---|"
     );
     for (when, key) in [
         ("just started", "start"),
@@ -304,10 +304,11 @@ pub fn main(args: &[String]) -> Result<bool> {
     ] {
         let _ = writeln!(
             w,
-            "| {when} | {} | {} | {} |",
+            "| {when} | {} | {} | {} | {} |",
             fact(&format!("fds_{key}")),
             fact(&format!("pipes_{key}")),
-            fact(&format!("rss_kb_{key}"))
+            fact(&format!("rss_kb_{key}")),
+            fact(&format!("fd_kinds_{key}"))
         );
     }
     let _ = writeln!(

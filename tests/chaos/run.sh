@@ -46,6 +46,10 @@ case "${1:-}" in
   *) echo "usage: bash tests/chaos/run.sh [--short | --soak MINUTES]" >&2; exit 2 ;;
 esac
 [[ $(id -u) == 0 ]] || { echo "the chaos suite needs root (network namespaces, iptables)" >&2; exit 2; }
+# One run at a time: the namespaces and addresses are fixed. (The processes
+# started below close fd 9, so a leftover one never holds the lock.)
+exec 9>/tmp/l4mesh-chaos.lock
+flock -w 900 9 || { echo "another chaos run holds /tmp/l4mesh-chaos.lock" >&2; exit 1; }
 
 FORWARD=${CHAOS_FORWARD:-auto}
 # CHAOS_PHASES="slow netem" runs only those phases after the baseline (while
@@ -76,19 +80,35 @@ log() { printf '%(%H:%M:%S)T == %s\n' -1 "$*"; }
 # directly, which execs, so `$!` is the process itself.
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
-cleanup() {
-  local rc=$? pid ns
-  set +e
-  for pid in "${PIDS[@]}" "${SERVER_PID[@]}"; do
-    kill -CONT "$pid" 2>/dev/null
-    kill -KILL "$pid" 2>/dev/null
-  done
+# Signals a process only if it is still a child of this script (a pid that
+# exited and was reused belongs to someone else).
+kill_ours() {
+  local sig=$1 pid=$2 ppid
+  ppid=$(awk '{ print $4 }' /proc/"$pid"/stat 2>/dev/null) || return 0
+  [[ $ppid == "$$" ]] && kill "$sig" "$pid" 2>/dev/null
+  return 0
+}
+
+# Kills what this script started, then removes the namespaces along with
+# any process a crashed earlier run left in them.
+remove_namespaces() {
+  local ns pid
   for ns in $NS_C $NS_P $NS_U; do
-    # Processes a crashed earlier run left in our namespaces.
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-    ip netns del "$ns" 2>/dev/null
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
   done
-  wait 2>/dev/null
+}
+cleanup() {
+  local rc=$? pid
+  set +e
+  {
+    for pid in "${PIDS[@]}" "${SERVER_PID[@]}"; do
+      kill_ours -CONT "$pid"
+      kill_ours -KILL "$pid"
+    done
+    remove_namespaces
+    wait
+  } 2>/dev/null
   exit "$rc"
 }
 trap cleanup EXIT
@@ -133,7 +153,7 @@ LIFETIME=$((SOAK_MIN * 60 + 600))
 start_server() {
   local port=$1
   ip netns exec $NS_U "$REL/examples/chaos_server" "$UP_IP:$port" --lifetime $LIFETIME \
-    >>"$RUN/servers.log" 2>&1 &
+    >>"$RUN/servers.log" 2>&1 9>&- &
   SERVER_PID[$port]=$!
 }
 
@@ -260,12 +280,10 @@ wait_drained() {
 
 # "descriptors-other-than-pipes pipes rss-KiB" of a process.
 resources() {
-  local pid=$1 f t other=0 pipes=0
-  for f in /proc/"$pid"/fd/*; do
-    t=$(readlink "$f" 2>/dev/null) || continue
-    if [[ $t == pipe:* ]]; then pipes=$((pipes + 1)); else other=$((other + 1)); fi
-  done
-  echo "$other $pipes $(awk '/^VmRSS/ { print $2 }' /proc/"$pid"/status)"
+  local pid=$1 all pipes
+  all=$(find /proc/"$pid"/fd -mindepth 1 2>/dev/null | wc -l)
+  pipes=$(find /proc/"$pid"/fd -mindepth 1 -lname 'pipe:*' 2>/dev/null | wc -l)
+  echo "$((all - pipes)) $pipes $(awk '/^VmRSS/ { print $2 }' /proc/"$pid"/status)"
 }
 
 # Fails unless process $1 is the program $2 (before a signal is sent to it).
@@ -276,12 +294,24 @@ expect_comm() {
 }
 
 fact() { echo "$1=$2" >>"$RUN/facts"; }
+# Records the proxy's descriptors and RSS as facts *_$1: the sample with the
+# fewest descriptors of five, 200 ms apart, so that a health probe or an admin
+# request in flight at that instant is not taken for a leak (a leak stays).
 record_resources() {
-  local r
+  local r s i
   read -r -a r <<<"$(resources "$PROXY_PID")"
+  for ((i = 0; i < 4; i++)); do
+    sleep 0.2
+    read -r -a s <<<"$(resources "$PROXY_PID")"
+    ((s[0] < r[0])) && r=("${s[@]}")
+  done
   fact "fds_$1" "${r[0]}"
   fact "pipes_$1" "${r[1]}"
   fact "rss_kb_$1" "${r[2]}"
+  # By kind ("socket 12, anon_inode:[eventpoll] 2, ..."), to tell what changed.
+  fact "fd_kinds_$1" "$(find /proc/"$PROXY_PID"/fd -mindepth 1 -printf '%l\n' 2>/dev/null |
+    sed -E 's/:\[[0-9]+\]$//; s|^/.*|file|' | sort | uniq -c | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }')"
+  ls -l /proc/"$PROXY_PID"/fd >"$RUN/fds_$1.txt" 2>/dev/null || true
 }
 
 # run_load PHASE SECONDS [chaos_load options...]: the load, in the client namespace.
@@ -377,7 +407,7 @@ netem_rules() {
 phase_netem() {
   fact fault.netem "upstream link: 2% loss, 20 ms ± 10 ms delay each way (reordering)"
   ip netns exec $NS_U "$REL/examples/chaos_netem" --queue 0 --delay-ms 20 --jitter-ms 10 \
-    --loss-percent 2 --lifetime $LIFETIME >>"$RUN/netem.log" 2>&1 &
+    --loss-percent 2 --lifetime $LIFETIME >>"$RUN/netem.log" 2>&1 9>&- &
   local netem=$!
   PIDS+=("$netem")
   sleep 0.2
@@ -386,7 +416,7 @@ phase_netem() {
   run_load netem 10 --size 1K-2M
   netem_rules -D
   sleep 0.1
-  kill -TERM $netem
+  kill_ours -TERM $netem
   wait $netem 2>/dev/null || true
 }
 
@@ -401,7 +431,7 @@ phase_fdlimit() {
   fact fault.fdlimit "a second l4mesh under prlimit --nofile=256:256; 300 clients at once, the server holds each 1.5 s"
   fact fd_phase fdlimit
   fd_config >"$RUN/fd.toml"
-  ip netns exec $NS_P prlimit --nofile=256:256 "$REL/l4mesh" -c "$RUN/fd.toml" >>"$RUN/fd-l4mesh.log" 2>&1 &
+  ip netns exec $NS_P prlimit --nofile=256:256 "$REL/l4mesh" -c "$RUN/fd.toml" >>"$RUN/fd-l4mesh.log" 2>&1 9>&- &
   local fdpid=$!
   PIDS+=("$fdpid")
   wait_ready 9902 $fdpid
@@ -409,16 +439,17 @@ phase_fdlimit() {
   in_ns $NS_C "$REL/examples/chaos_load" run --phase fdlimit --target "$PROXY_IP:8081" \
     --clients 300 --seconds 0 --once --modes download --size 16K-64K --hold-ms 1500 \
     --out "$RUN/results.jsonl" --stall-ms $STALL_MS --first-byte-ms 60000
-  kill -TERM $fdpid
-  wait $fdpid || log "the fd-limited l4mesh exited with $?"
+  kill_ours -TERM $fdpid
+  wait $fdpid || log "the fd-limited l4mesh exited with $? after SIGTERM"
 }
 
 # The soak's sampler: "t_s fds pipes rss_kb active" every 10 s.
 sample_loop() {
-  local t0=$SECONDS
+  local t0=$SECONDS next=0
   while kill -0 "$PROXY_PID" 2>/dev/null; do
     echo "$((SECONDS - t0)) $(resources "$PROXY_PID") $(metric_sum l4mesh_downstream_connections_active)" >>"$RUN/samples"
-    sleep 10
+    next=$((next + 10))
+    while ((SECONDS - t0 < next)); do sleep 0.5; done
   done
 }
 
@@ -430,7 +461,7 @@ main() {
   local build_s=$((SECONDS - t_build)) t0=$SECONDS
   rm -rf "$RUN"
   mkdir -p "$RUN"
-  cleanup_namespaces_only
+  remove_namespaces
   make_namespaces
   fact mode "$MODE"
   fact command "bash tests/chaos/run.sh $*"
@@ -450,7 +481,7 @@ main() {
   local port
   for port in 7001 7002 7003 7004 7005 7006; do start_server $port; done
   write_config a >"$RUN/l4mesh.toml"
-  ip netns exec $NS_P "$REL/l4mesh" -c "$RUN/l4mesh.toml" >>"$RUN/l4mesh.log" 2>&1 &
+  ip netns exec $NS_P "$REL/l4mesh" -c "$RUN/l4mesh.toml" >>"$RUN/l4mesh.log" 2>&1 9>&- &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
   wait_ready 9901 $PROXY_PID
@@ -478,7 +509,10 @@ main() {
     [[ $MODE == soak ]] && ((SECONDS < until)) || break
   done
   wait_drained
-  [[ -n $sampler ]] && kill "$sampler" && { wait "$sampler" 2>/dev/null || true; }
+  if [[ -n $sampler ]]; then
+    kill_ours -TERM "$sampler"
+    wait "$sampler" 2>/dev/null || true
+  fi
   record_resources end
   fact active_end "$(metric_sum l4mesh_downstream_connections_active)"
   fact reloads_success "$(metrics | awk -F' ' '/^l4mesh_config_reloads_total\{result="success"\}/ { print $2 }')"
@@ -488,8 +522,8 @@ main() {
   fact registry_requests $REGISTRY_REQUESTS
   fact registry_not_ok $REGISTRY_NOT_OK
   fact elapsed_s $((SECONDS - t0))
-  kill -TERM "$PROXY_PID"
-  wait "$PROXY_PID" || log "l4mesh exited with $?"
+  kill_ours -TERM "$PROXY_PID"
+  wait "$PROXY_PID" || log "l4mesh exited with $? after SIGTERM"
 
   local out=$RESULTS/latest.md samples=()
   [[ $MODE == soak ]] && { out=$RESULTS/soak.md; samples=(--samples "$RUN/samples"); }
@@ -498,12 +532,5 @@ main() {
     --access-log "$RUN/access.log" --access-log "$RUN/fd-access.log" "${samples[@]}" --out "$out"
 }
 
-cleanup_namespaces_only() {
-  local ns pid
-  for ns in $NS_C $NS_P $NS_U; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
 
 main "$@"
