@@ -3,7 +3,8 @@
 //! * `chaos_load run --phase NAME --target ADDR --clients N --seconds S
 //!   --out FILE [--modes download,upload,echo] [--size MIN-MAX]
 //!   [--rate MIN-MAX] [--slow-seconds S] [--hold-ms MS] [--once]
-//!   [--stall-ms MS] [--first-byte-ms MS]` runs `N` concurrent clients
+//!   [--abort-share F] [--stall-ms MS] [--first-byte-ms MS]` runs `N`
+//!   concurrent clients
 //!   against the proxy at `ADDR` for `S` seconds: each client runs one
 //!   transfer after another (just one with `--once`), of a mode drawn from
 //!   `--modes` and a size drawn log-uniformly from `--size` (bytes, with
@@ -11,12 +12,15 @@
 //!   (download), slow writer (upload) or both (echo) at a steady rate drawn
 //!   from the range (bytes per second), sized to last between half and all
 //!   of `--slow-seconds`. `--hold-ms` makes the server wait before it
-//!   answers. A transfer is hung when nothing moves for `--stall-ms`
+//!   answers. With `--abort-share`, that share of the transfers are uploads
+//!   that the client resets after 10-90% of their bytes. A transfer is hung
+//!   when nothing moves for `--stall-ms`
 //!   (`--first-byte-ms` for the connect and the first byte). One JSON
 //!   record per transfer is appended to `FILE` (see `chaos_transfer.rs`)
 //!   and a one-line summary printed.
 //! * `chaos_load report --results FILE --facts FILE --out FILE
-//!   [--access-log FILE]... [--samples FILE]` reads the records, the facts
+//!   [--access-log FILE]... [--server-events FILE] [--samples FILE]` reads
+//!   the records, the facts
 //!   the script gathered (`key=value` lines) and the proxies' access logs,
 //!   prints the report as Markdown, writes it to `--out` and exits 1 when a
 //!   target is missed (see `chaos_report.rs`).
@@ -80,6 +84,7 @@ struct LoadOptions {
     slow_seconds: f64,
     hold_ms: u32,
     once: bool,
+    abort_share: f64,
     limits: Limits,
 }
 
@@ -134,7 +139,12 @@ fn load(args: &[String]) -> Result<()> {
 
 /// One transfer drawn from the options.
 fn draw(opts: &LoadOptions) -> Plan {
-    let mode = opts.modes[fastrand::usize(..opts.modes.len())];
+    let abort = fastrand::f64() < opts.abort_share;
+    let mode = if abort {
+        Mode::Upload
+    } else {
+        opts.modes[fastrand::usize(..opts.modes.len())]
+    };
     let (mut read_rate, mut write_rate) = (0, 0);
     let size = match opts.rate {
         None => log_uniform(opts.size),
@@ -155,10 +165,12 @@ fn draw(opts: &LoadOptions) -> Plan {
         seed: fastrand::u64(..),
         hold_ms: opts.hold_ms,
     };
+    let abort_after = abort.then(|| (size as f64 * (0.1 + 0.8 * fastrand::f64())) as u64);
     Plan {
         request,
         read_rate,
         write_rate,
+        abort_after,
     }
 }
 
@@ -180,6 +192,7 @@ fn parse_load(args: &[String]) -> Result<LoadOptions> {
         slow_seconds: 8.0,
         hold_ms: 0,
         once: false,
+        abort_share: 0.0,
         limits: Limits {
             stall: Duration::from_secs(7),
             first_byte: Duration::from_secs(7),
@@ -211,6 +224,7 @@ fn parse_load(args: &[String]) -> Result<LoadOptions> {
             "--rate" => opts.rate = Some(range(v).ok_or_else(|| what.clone())?),
             "--slow-seconds" => opts.slow_seconds = ctx(v.parse(), &what)?,
             "--hold-ms" => opts.hold_ms = ctx(v.parse(), &what)?,
+            "--abort-share" => opts.abort_share = ctx(v.parse(), &what)?,
             "--stall-ms" => opts.limits.stall = ms(v)?,
             "--first-byte-ms" => opts.limits.first_byte = ms(v)?,
             _ => return Err(format!("unknown option {flag}")),

@@ -15,12 +15,20 @@
 //! has read the client's EOF) drops the zero linger and closes with a FIN.
 //! A clean EOF that reaches a client early therefore never comes from here.
 //!
+//! With `--events FILE`, each upload that ended before its size arrived
+//! appends a JSON line to `FILE`: its seed (which names the transfer in the
+//! load client's records), the bytes that came, and how it ended, `eof`
+//! or the error (a reset). A client that aborts with a reset must reach the
+//! server as a reset, not as an EOF that reads like a finished upload.
+//!
 //! With `--lifetime` it exits by itself after `SECS` seconds, a safety net
 //! for a script that dies before stopping it.
 
 use socket2::{Domain, SockRef, Socket, Type};
+use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -28,7 +36,7 @@ use std::time::Duration;
 mod wire;
 use wire::{Checker, HEADER_LEN, Mode, PING, PONG, Pattern, Request};
 
-const USAGE: &str = "usage: chaos_server ADDR [--lifetime SECS]";
+const USAGE: &str = "usage: chaos_server ADDR [--events FILE] [--lifetime SECS]";
 
 /// Errors are plain messages, printed by `main`.
 type Result<T> = std::result::Result<T, String>;
@@ -57,14 +65,25 @@ fn main() -> std::process::ExitCode {
 
 fn run_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, lifetime) = match args.as_slice() {
-        [addr] => (addr, None),
-        [addr, flag, secs] if flag == "--lifetime" => {
-            (addr, Some(ctx(secs.parse::<u64>(), "--lifetime")?))
+    let (mut addr, mut lifetime, mut events) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--lifetime" => {
+                let secs = it.next().ok_or(USAGE)?;
+                lifetime = Some(ctx(secs.parse::<u64>(), "--lifetime")?);
+            }
+            "--events" => {
+                let path = it.next().ok_or(USAGE)?;
+                let file = OpenOptions::new().create(true).append(true).open(path);
+                events = Some(ctx(file, &format!("open {path}"))?);
+            }
+            _ if addr.is_none() => addr = Some(ctx(arg.parse::<SocketAddr>(), "ADDR")?),
+            _ => return Err(USAGE.to_string()),
         }
-        _ => return Err(USAGE.to_string()),
-    };
-    let addr: SocketAddr = ctx(addr.parse(), "ADDR")?;
+    }
+    let addr = addr.ok_or(USAGE)?;
+    let events = Arc::new(Mutex::new(events));
     if let Some(secs) = lifetime {
         thread::spawn(move || {
             thread::sleep(Duration::from_secs(secs));
@@ -82,7 +101,8 @@ fn run_main() -> Result<()> {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                thread::spawn(move || serve(stream));
+                let events = events.clone();
+                thread::spawn(move || serve(stream, &events));
             }
             // Out of descriptors or threads: let the backlog wait.
             Err(_) => thread::sleep(Duration::from_millis(10)),
@@ -92,7 +112,7 @@ fn run_main() -> Result<()> {
 }
 
 /// Serves one connection; on any error the zero linger resets it.
-fn serve(mut stream: TcpStream) {
+fn serve(mut stream: TcpStream, events: &Events) {
     if SockRef::from(&stream)
         .set_linger(Some(Duration::ZERO))
         .is_err()
@@ -120,7 +140,7 @@ fn serve(mut stream: TcpStream) {
     thread::sleep(Duration::from_millis(request.hold_ms.into()));
     let served = match request.mode {
         Mode::Download => download(&mut stream, &request),
-        Mode::Upload => upload(&mut stream, &request),
+        Mode::Upload => upload(&mut stream, &request, events),
         Mode::Echo => echo(&mut stream),
     };
     // Finished: the client's EOF is read, so close with a FIN.
@@ -142,21 +162,44 @@ fn download(stream: &mut TcpStream, request: &Request) -> std::io::Result<()> {
     Ok(())
 }
 
-fn upload(stream: &mut TcpStream, request: &Request) -> std::io::Result<()> {
+fn upload(stream: &mut TcpStream, request: &Request, events: &Events) -> std::io::Result<()> {
     let mut checker = Checker::new(request.seed);
     let mut buf = vec![0u8; CHUNK];
     while checker.offset < request.size {
         let want = (request.size - checker.offset).min(CHUNK as u64) as usize;
-        let n = stream.read(&mut buf[..want])?;
-        if n == 0 {
-            // The client's EOF came early: answer with what arrived.
-            break;
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => {
+                // The client's EOF came early: note it, answer with what came.
+                early_end(events, request, checker.offset, "eof");
+                break;
+            }
+            Ok(n) => checker.update(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                early_end(events, request, checker.offset, &e.to_string());
+                return Err(e);
+            }
         }
-        checker.update(&buf[..n]);
     }
     let (received, mismatched) = (checker.offset, checker.mismatched);
     let (sha, _) = checker.finish();
     stream.write_all(&wire::encode_reply(received, mismatched, &sha))
+}
+
+/// Where uploads that ended early are noted (`--events`), if anywhere.
+type Events = Arc<Mutex<Option<File>>>;
+
+/// Appends one line about an upload that ended after `got` of its bytes.
+fn early_end(events: &Events, request: &Request, got: u64, end: &str) {
+    let Ok(mut file) = events.lock() else { return };
+    if let Some(file) = file.as_mut() {
+        let line = serde_json::json!({
+            "seed": request.seed, "size": request.size, "got": got, "end": end,
+        });
+        // One write(2) with O_APPEND, so lines of the servers sharing the
+        // file never interleave.
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
 }
 
 fn echo(stream: &mut TcpStream) -> std::io::Result<()> {

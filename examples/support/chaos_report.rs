@@ -8,6 +8,8 @@
 //! * no transfer ended with a clean EOF before its end (`short_eof`: the
 //!   client was not told);
 //! * no transfer hung past the configured timeouts;
+//! * no client reset reached the server as a clean EOF (the server's
+//!   events, `--server-events`, say how each aborted upload ended there);
 //! * in the descriptor-limit phase (fact `fd_phase`), every client served:
 //!   none reset or refused;
 //! * every phase completed transfers intact (the suite cannot pass idle);
@@ -29,6 +31,7 @@ struct ReportOptions {
     facts: PathBuf,
     out: PathBuf,
     access_logs: Vec<PathBuf>,
+    server_events: Option<PathBuf>,
     samples: Option<PathBuf>,
 }
 
@@ -59,6 +62,19 @@ pub fn main(args: &[String]) -> Result<bool> {
     for path in &opts.access_logs {
         read_access(path, &mut access)?;
     }
+    let server_ends = match &opts.server_events {
+        Some(path) => read_server_events(path)?,
+        None => HashMap::new(),
+    };
+    // How each aborted upload ended at the server: "eof", an error, or
+    // "nothing" (it never saw the upload end early).
+    let server_saw = |r: &Record| -> &str {
+        match server_ends.get(&r.seed) {
+            Some(end) if end == "eof" => "eof",
+            Some(_) => "reset",
+            None => "nothing",
+        }
+    };
     let fact = |k: &str| facts.get(k).cloned().unwrap_or_else(|| "?".into());
     let num = |k: &str| facts.get(k).and_then(|v| v.parse::<f64>().ok());
 
@@ -162,6 +178,24 @@ pub fn main(args: &[String]) -> Result<bool> {
         hung.to_string(),
         hung == 0,
     );
+    let aborted: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Aborted)
+        .collect();
+    let saw = |what: &str| aborted.iter().filter(|r| server_saw(r) == what).count();
+    row(
+        w,
+        "client resets that reached the server as a clean EOF",
+        "0",
+        format!(
+            "{} of {} uploads the client reset ({} reached it as a reset, {} never reached it)",
+            saw("eof"),
+            aborted.len(),
+            saw("reset"),
+            saw("nothing")
+        ),
+        saw("eof") == 0,
+    );
     row(
         w,
         &format!("`{fd_phase}` phase: clients not served (reset, refused, cut or hung)"),
@@ -222,14 +256,15 @@ pub fn main(args: &[String]) -> Result<bool> {
     let _ = writeln!(
         w,
         "\n## By phase\n\n| phase | faults | transfers | intact | corrupt (bytes) | reset (told) \
-         | refused | short EOF (bytes lost) | hung | MB checked |\n|---|---|---|---|---|---|---|---|---|---|"
+         | refused | short EOF (bytes lost) | hung | reset by the client | MB checked |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in &phases {
         let t = &tallies[p];
         let n = |o: &str| t.by_outcome.get(o).copied().unwrap_or(0);
         let _ = writeln!(
             w,
-            "| {p} | {} | {} | {} | {} ({}) | {} | {} | {} ({}) | {} | {:.1} |",
+            "| {p} | {} | {} | {} | {} ({}) | {} | {} | {} ({}) | {} | {} | {:.1} |",
             facts.get(&format!("fault.{p}")).map_or("", String::as_str),
             t.by_outcome.values().sum::<u64>(),
             n("intact"),
@@ -240,6 +275,7 @@ pub fn main(args: &[String]) -> Result<bool> {
             n("short_eof"),
             t.lost_bytes,
             n("hung"),
+            n("aborted"),
             t.checked as f64 / 1e6
         );
     }
@@ -252,8 +288,10 @@ pub fn main(args: &[String]) -> Result<bool> {
     );
     let mut reasons: BTreeMap<(usize, &str, String), u64> = BTreeMap::new();
     for r in records.iter().filter(|r| r.outcome != Outcome::Intact) {
-        let end =
-            matching(&access, r).map_or("(no access-log line)".to_string(), |a| a.end.clone());
+        let mut end = matching(&access, r).map_or("(no access-log line)".into(), |a| a.end.clone());
+        if r.outcome == Outcome::Aborted {
+            end = format!("{end}; the server saw {}", server_saw(r));
+        }
         let idx = phases.iter().position(|p| *p == r.phase).unwrap_or(0);
         *reasons.entry((idx, r.outcome.name(), end)).or_default() += 1;
     }
@@ -408,6 +446,27 @@ fn read_records(path: &PathBuf) -> Result<Vec<Record>> {
     Ok(records)
 }
 
+/// The server's events: seed → how the upload ended early.
+fn read_server_events(path: &PathBuf) -> Result<HashMap<u64, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        read => ctx(read, &format!("read {}", path.display()))?,
+    };
+    let mut ends = HashMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let what = format!("{}:{}", path.display(), i + 1);
+        let event: serde_json::Value = ctx(serde_json::from_str(line), &what)?;
+        if let (Some(seed), Some(end)) = (event["seed"].as_u64(), event["end"].as_str()) {
+            ends.insert(seed, end.to_string());
+        }
+    }
+    Ok(ends)
+}
+
 fn read_facts(path: &PathBuf) -> Result<HashMap<String, String>> {
     let text = ctx(
         std::fs::read_to_string(path),
@@ -457,6 +516,7 @@ fn parse(args: &[String]) -> Result<ReportOptions> {
             "--out" => opts.out = v,
             "--access-log" => opts.access_logs.push(v),
             "--samples" => opts.samples = Some(v),
+            "--server-events" => opts.server_events = Some(v),
             _ => return Err(format!("unknown option {flag}")),
         }
     }

@@ -16,7 +16,9 @@
 //! * `short_eof`: a clean EOF before the transfer was complete: the client
 //!   was not told it was cut short (the servers never end early cleanly:
 //!   see `chaos_server.rs`);
-//! * `hung`: nothing moved for longer than the configured timeouts allow.
+//! * `hung`: nothing moved for longer than the configured timeouts allow;
+//! * `aborted`: the client itself reset the connection halfway through an
+//!   upload, as planned (the server's events say how that reached it).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,17 +39,19 @@ pub enum Outcome {
     Refused,
     ShortEof,
     Hung,
+    Aborted,
 }
 
 impl Outcome {
     /// Every outcome, in report order.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Intact,
         Outcome::Corrupt,
         Outcome::Reset,
         Outcome::Refused,
         Outcome::ShortEof,
         Outcome::Hung,
+        Outcome::Aborted,
     ];
 
     /// The name in records and reports.
@@ -59,6 +63,7 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::ShortEof => "short_eof",
             Outcome::Hung => "hung",
+            Outcome::Aborted => "aborted",
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct Plan {
     pub read_rate: u64,
     /// Bytes per second the client writes at; 0 = as fast as it can.
     pub write_rate: u64,
+    /// An upload only: reset the connection after sending this many bytes.
+    pub abort_after: Option<u64>,
 }
 
 /// How long the client waits before it calls a transfer hung.
@@ -88,6 +95,8 @@ pub struct Limits {
 pub struct Record {
     pub phase: String,
     pub mode: String,
+    /// The pattern's seed, which also names the transfer at the server.
+    pub seed: u64,
     pub size: u64,
     pub read_rate: u64,
     pub write_rate: u64,
@@ -119,6 +128,7 @@ pub fn run(phase: &str, target: SocketAddr, plan: &Plan, limits: &Limits) -> Rec
     let mut record = Record {
         phase: phase.to_string(),
         mode: plan.request.mode.name().to_string(),
+        seed: plan.request.seed,
         size: plan.request.size,
         read_rate: plan.read_rate,
         write_rate: plan.write_rate,
@@ -241,6 +251,20 @@ fn upload(stream: &TcpStream, plan: &Plan, limits: &Limits) -> Ended {
     let mut w = stream;
     if let Err(e) = send_pattern(&mut w, plan, &mut hash) {
         return Ended::error(&e, "send", 0, 0);
+    }
+    if let Some(sent) = plan.abort_after {
+        // Closing with a zero linger resets the connection.
+        let reset = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        let detail = match reset {
+            Ok(()) => format!("reset by the client after {sent} bytes"),
+            Err(e) => format!("zero linger: {e}"),
+        };
+        return Ended {
+            outcome: Outcome::Aborted,
+            received: 0,
+            corrupt: 0,
+            detail,
+        };
     }
     if let Err(e) = stream.shutdown(Shutdown::Write) {
         return Ended::error(&e, "half-close", 0, 0);
@@ -380,10 +404,11 @@ fn receive(stream: &TcpStream, plan: &Plan, limits: &Limits, done: impl Fn(&TcpS
     }
 }
 
-/// Writes `size` bytes of the pattern at the plan's write rate into `hash`.
+/// Writes `size` bytes of the pattern (or `abort_after`) at the plan's
+/// write rate into `hash`.
 fn send_pattern(w: &mut impl Write, plan: &Plan, hash: &mut Sha256) -> std::io::Result<()> {
     let pattern = Pattern::new(plan.request.seed);
-    let size = plan.request.size;
+    let size = plan.abort_after.unwrap_or(plan.request.size);
     let chunk = match plan.write_rate {
         0 => CHUNK,
         rate => (rate / 50).clamp(512, CHUNK as u64) as usize,

@@ -20,6 +20,8 @@
 #   blackhole  one endpoint's packets dropped both ways for longer than idle_timeout
 #   netem      2% loss, 20 ms ± 10 ms delay each way with reordering, on the upstream link
 #   slow       slow readers and slow writers at 50-200 KB/s, steadily
+#   abort      half the transfers are uploads the client resets halfway: the
+#              server must see a reset, not an EOF
 #   fdlimit    a second l4mesh under `prlimit --nofile=256` and more clients than fit
 # The kernel here has no sch_netem, so loss, delay and reordering come from
 # examples/chaos_netem.rs on an NFQUEUE; the blackhole is an iptables DROP.
@@ -54,7 +56,7 @@ flock -w 900 9 || { echo "another chaos run holds /tmp/l4mesh-chaos.lock" >&2; e
 FORWARD=${CHAOS_FORWARD:-auto}
 # CHAOS_PHASES="slow netem" runs only those phases after the baseline (while
 # working on one fault); the report then misses the fdlimit target.
-PHASES=${CHAOS_PHASES:-reload kill pause blackhole netem slow fdlimit}
+PHASES=${CHAOS_PHASES:-reload kill pause blackhole netem slow abort fdlimit}
 CLIENTS=${CHAOS_CLIENTS:-128}
 NS_C=l4c-client NS_P=l4c-proxy NS_U=l4c-up
 CLIENT_IP=10.203.1.2 PROXY_IP=10.203.1.1 PROXY_UP_IP=10.203.2.1 UP_IP=10.203.2.2
@@ -153,6 +155,7 @@ LIFETIME=$((SOAK_MIN * 60 + 600))
 start_server() {
   local port=$1
   ip netns exec $NS_U "$REL/examples/chaos_server" "$UP_IP:$port" --lifetime $LIFETIME \
+    --events "$RUN/server-events.jsonl" \
     >>"$RUN/servers.log" 2>&1 9>&- &
   SERVER_PID[$port]=$!
 }
@@ -427,6 +430,11 @@ phase_slow() {
   run_load slow 1 --clients 64 --rate 50K-200K --slow-seconds 12
 }
 
+phase_abort() {
+  fact fault.abort "half the transfers are uploads the client resets after 10-90% of their bytes"
+  run_load abort 6 --abort-share 0.5 --size 64K-4M
+}
+
 phase_fdlimit() {
   fact fault.fdlimit "a second l4mesh under prlimit --nofile=256:256; 300 clients at once, the server holds each 1.5 s"
   fact fd_phase fdlimit
@@ -529,7 +537,8 @@ main() {
   [[ $MODE == soak ]] && { out=$RESULTS/soak.md; samples=(--samples "$RUN/samples"); }
   log "report"
   "$REL/examples/chaos_load" report --results "$RUN/results.jsonl" --facts "$RUN/facts" \
-    --access-log "$RUN/access.log" --access-log "$RUN/fd-access.log" "${samples[@]}" --out "$out"
+    --access-log "$RUN/access.log" --access-log "$RUN/fd-access.log" \
+    --server-events "$RUN/server-events.jsonl" "${samples[@]}" --out "$out"
 }
 
 
