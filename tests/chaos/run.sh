@@ -9,7 +9,8 @@
 # exist only inside them (nothing is routed anywhere else):
 #
 #   l4c-client 10.203.1.2 ── 10.203.1.1 l4c-proxy 10.203.2.1 ── 10.203.2.2 l4c-up
-#   (chaos_load clients)        (l4mesh :8080, fd-limited :8081)   (chaos_server :7001-7006)
+#   (chaos_load clients)     (l4mesh: :8080, slow clients :8083;   (chaos_server :7001-7006)
+#                             the fd-limited one :8081)
 #
 # Phases, each bounded in time, each under load (examples/chaos_load.rs):
 #   baseline   clean load; the proxy's descriptors and RSS after it are the baseline
