@@ -102,6 +102,38 @@ per_mode! {
 }
 
 per_mode! {
+    /// The upstream sent its whole reply and its FIN, the client's kernel
+    /// took every byte, and the client reads it slowly while keeping its own
+    /// side open: idle_timeout cuts the connection (nothing moves), but the
+    /// client's complete stream is not reset away: it reads every byte and
+    /// a clean EOF.
+    fn it_should_not_reset_away_a_complete_stream_the_client_has_not_read_yet(mode) {
+        let len = 200_000;
+        let (tx, rx) = mpsc::channel();
+        let bytes = std::sync::Arc::new(pattern(len));
+        let upstream = backend(move |mut s| {
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(Shutdown::Write);
+            let mut rest = Vec::new();
+            let _ = tx.send(s.read_to_end(&mut rest).map_err(|e| e.kind()));
+        });
+        let text = config_text(&[(upstream, 1)], "idle_timeout = \"300ms\"");
+        let proxy = start_proxy(&with_forward(&text, mode));
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(1 << 20).unwrap();
+        socket.connect(&proxy.local_addr("web").unwrap().into()).unwrap();
+        let mut client: TcpStream = socket.into();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The upstream's side of the cut: its client went quiet, a reset.
+        let upstream_end = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(upstream_end, Err(std::io::ErrorKind::ConnectionReset), "{mode}");
+        let (got, ended) = read_to_end(&mut client);
+        assert_eq!((got.len(), ended), (len, Ended::Eof), "{mode}");
+        assert!(got == pattern(len), "{mode}");
+    }
+}
+
+per_mode! {
     /// The upstream sends part of a reply and resets: the client sees a
     /// reset after a true prefix, counted and access-logged as `reset`.
     fn it_should_reset_the_client_when_the_upstream_resets_mid_stream(mode) {

@@ -141,7 +141,7 @@ pub fn run(phase: &str, target: SocketAddr, plan: &Plan, limits: &Limits) -> Rec
         lost_bytes: 0,
         detail: String::new(),
     };
-    match TcpStream::connect_timeout(&target, limits.first_byte) {
+    match connect(&target, plan.read_rate, limits.first_byte) {
         Err(e) => {
             record.outcome = match e.kind() {
                 ErrorKind::WouldBlock | ErrorKind::TimedOut => Outcome::Hung,
@@ -436,4 +436,22 @@ fn pace(since: Instant, done: u64, rate: u64) {
     if due > now {
         thread::sleep(due - now);
     }
+}
+
+/// Connects to `target` within `timeout`. A slow reader (`read_rate` > 0)
+/// gets a receive buffer of about a tenth of a second at its rate, as a
+/// slow link has: the rest of its bytes wait upstream of it, on the wire
+/// and in the proxy, rather than all arriving at once in a big local
+/// buffer that it then drains while the connection carries nothing.
+fn connect(target: &SocketAddr, read_rate: u64, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(*target),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if read_rate > 0 {
+        socket.set_recv_buffer_size((read_rate / 10).max(4096) as usize)?;
+    }
+    socket.connect_timeout(&(*target).into(), timeout)?;
+    Ok(socket.into())
 }

@@ -314,12 +314,12 @@ fn reset(a: &TcpStream, b: &TcpStream) {
 ///
 /// Sleeps until the last progress stamp plus `timeout`. A stale stamp is
 /// not the last word: our write may be waiting while the kernel drains a
-/// full send queue to a slow reader. So the kernel is asked (`flow`), and
-/// the connection is idle only if nothing is queued to go out, or if what
-/// is queued has not moved since the previous look, `timeout` ago or more.
-/// A peer that stopped reading with bytes queued is therefore cut between
-/// `timeout` and twice `timeout` after its last byte; every other idle
-/// connection at `timeout`.
+/// full send queue to a slow reader. So the kernel is asked (`flow`). At
+/// the first look the connection is idle if nothing is queued to go out;
+/// once a look found bytes queued, only if nothing moved on the wire since
+/// that look, `timeout` ago or more. A connection whose queue drained (or
+/// whose peer stopped reading) is therefore cut between `timeout` and twice
+/// `timeout` after its last byte; every other idle connection at `timeout`.
 pub(super) async fn idle(shared: &Shared, timeout: Duration, flow: &dyn Fn() -> Option<Flow>) {
     let mut seen: Option<Flow> = None;
     loop {
@@ -330,8 +330,11 @@ pub(super) async fn idle(shared: &Shared, timeout: Duration, flow: &dyn Fn() -> 
         }
         let now = flow();
         match now {
-            Some(now) if now.in_flight && seen.is_none_or(|seen| seen.moved != now.moved) => {
-                // Still draining (or the first look): look again in `timeout`.
+            // First look: bytes still queued to go out. Later looks: bytes
+            // moved since the last (a queue that drained empty since then
+            // counts: its last byte went less than `timeout` ago). Either
+            // way, look again in `timeout`.
+            Some(now) if seen.map_or(now.in_flight, |seen| seen.moved != now.moved) => {
                 seen = Some(now);
                 shared.progress();
             }
