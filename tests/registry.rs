@@ -120,6 +120,14 @@ fn it_should_answer_bad_requests_with_errors_a_human_can_act_on() {
             "is not an endpoint of service web",
         ),
         ("list nope".to_string(), "unknown service `nope`"),
+        (
+            "register web 0.0.0.0:9000".to_string(),
+            "0.0.0.0:9000 cannot be an endpoint: it is the wildcard address",
+        ),
+        (
+            "register web 224.0.0.1:9000".to_string(),
+            "cannot be an endpoint: it is a multicast address",
+        ),
     ];
     for (request, expected) in cases {
         let reply = registry(&socket, &request);

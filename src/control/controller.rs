@@ -512,6 +512,19 @@ impl Controller {
                 self.path.display()
             )));
         }
+        // The same rules as the file's endpoints.
+        if let Some(why) = crate::config::unusable_endpoint(addr) {
+            return Err(error(format!(
+                "{addr} cannot be an endpoint: {why}; register the address the instance listens on"
+            )));
+        }
+        if let Some(listener) = crate::config::looping_listener(addr, &self.config.listeners) {
+            return Err(error(format!(
+                "{addr} is l4mesh's own listener {} ({}): traffic would loop back into l4mesh; \
+                 register the instance's own address",
+                listener.name, listener.listen
+            )));
+        }
         let key: EndpointKey = (service.clone(), addr);
         let registered = self
             .registrations
