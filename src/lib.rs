@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod accept_gate;
 pub mod balance;
 pub mod config;
 pub mod control;

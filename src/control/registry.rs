@@ -17,6 +17,7 @@
 
 use super::controller::ControlHandle;
 use super::protocol::{self, MAX_LINE};
+use crate::accept_gate::{Seat, accept_gated};
 use crate::config::RegistryConfig;
 use serde_json::{Value, json};
 use std::io;
@@ -24,12 +25,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 /// How long one request line may take to arrive, from the moment the
 /// server waits for it (the connection opened, or the previous reply was
@@ -213,44 +213,25 @@ fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::Unix
 /// Accepts clients until the task is dropped; each is served on its own
 /// task while fewer than [`MAX_CLIENTS`] are.
 async fn accept(listener: UnixListener, control: ControlHandle) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let overflow = Arc::new(Semaphore::new(MAX_BUSY_CLIENTS));
-    let mut failing = false;
-    loop {
-        // Past both limits, wait here: clients stay in the backlog.
-        let Ok(spare) = Arc::clone(&overflow).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, typically: the client waits in the
-                // backlog until one is free. Logged once per streak.
-                if !failing {
-                    log::warn!("registry: accept failed: {e}; retrying every 100ms");
-                }
-                failing = true;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        failing = false;
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tokio::spawn(async move {
-                turn_away(stream).await;
-                drop(spare);
-            });
-            continue;
-        };
-        drop(spare);
+    let serve = |(stream, _), seat: Seat| {
         let control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, control).await {
+            if seat.is_busy() {
+                turn_away(stream).await;
+            } else if let Err(e) = serve(stream, control).await {
                 log::debug!("registry client: {e}");
             }
-            drop(slot);
+            drop(seat);
         });
-    }
+    };
+    accept_gated(
+        "registry",
+        MAX_CLIENTS,
+        MAX_BUSY_CLIENTS,
+        || listener.accept(),
+        serve,
+    )
+    .await;
 }
 
 /// Tells a client past [`MAX_CLIENTS`] to try again, after reading its

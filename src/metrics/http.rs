@@ -18,12 +18,12 @@
 //!
 //! Requests are parsed with `httparse` within [`MAX_REQUEST`] bytes.
 
+use crate::accept_gate::{Seat, accept_gated};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 
 /// The largest request head read, in bytes.
@@ -137,49 +137,28 @@ pub fn spawn(
 }
 
 async fn accept(listener: TcpListener, limits: Limits, answer: Arc<Answer>) {
-    let serving = Arc::new(Semaphore::new(limits.clients));
-    let overflow = Arc::new(Semaphore::new(limits.overflow));
-    let mut failing = false;
-    loop {
-        // Past both limits, wait here: clients stay in the backlog.
-        let Ok(spare) = Arc::clone(&overflow).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, typically: the client waits in the
-                // backlog until one is free. Logged once per streak.
-                if !failing {
-                    log::warn!("admin: accept failed: {e}; retrying every 100ms");
-                }
-                failing = true;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        failing = false;
+    let serve = |(stream, _), seat: Seat| {
         let answer = Arc::clone(&answer);
-        match Arc::clone(&serving).try_acquire_owned() {
-            Ok(slot) => {
-                drop(spare);
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, limits.deadline, Some(&*answer)).await {
-                        log::debug!("admin client: {e}");
-                    }
-                    drop(slot);
-                });
+        tokio::spawn(async move {
+            let served = if seat.is_busy() {
+                serve(stream, limits.busy_deadline, None).await
+            } else {
+                serve(stream, limits.deadline, Some(&*answer)).await
+            };
+            if let Err(e) = served {
+                log::debug!("admin client: {e}");
             }
-            Err(_) => {
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, limits.busy_deadline, None).await {
-                        log::debug!("admin client over the limit: {e}");
-                    }
-                    drop(spare);
-                });
-            }
-        }
-    }
+            drop(seat);
+        });
+    };
+    accept_gated(
+        "admin",
+        limits.clients,
+        limits.overflow,
+        || listener.accept(),
+        serve,
+    )
+    .await;
 }
 
 /// What the client sent.
