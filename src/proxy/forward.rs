@@ -20,7 +20,7 @@
 //! queue, as they do towards a slow reader while our write waits.
 
 use super::buffers::BufferPool;
-use super::tcp_state::{self, Flow, borrow_uring};
+use super::tcp_state::{Flow, Pair, borrow_uring};
 use crate::metrics::Counter;
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -187,20 +187,8 @@ pub async fn forward(
             )
         )
     };
-    let (c, u) = (borrow_uring(client), borrow_uring(upstream));
-    let sockets = Sockets {
-        flow: &|| tcp_state::pair_flow(c, u),
-        reset: &|| reset(client, upstream),
-    };
+    let sockets = Pair(borrow_uring(client), borrow_uring(upstream));
     drive(&shared, both, idle_timeout, drain, sockets).await
-}
-
-/// What [`drive`] may ask of a connection's two sockets.
-pub(super) struct Sockets<'a> {
-    /// The kernel's count of what moved on both (`None`: it would not say).
-    pub flow: &'a dyn Fn() -> Option<Flow>,
-    /// Resets both.
-    pub reset: &'a dyn Fn(),
 }
 
 /// Runs both directions (`both`) until they end, or until the connection
@@ -212,15 +200,15 @@ pub(super) async fn drive(
     both: impl std::future::Future<Output = (u64, u64)>,
     idle_timeout: Duration,
     mut drain: watch::Receiver<bool>,
-    sockets: Sockets<'_>,
+    sockets: Pair<'_>,
 ) -> Outcome {
     tokio::pin!(both);
     let forced = tokio::select! {
         (rx, tx) = &mut both => return outcome(rx, tx, None, shared),
-        () = idle(shared, idle_timeout, sockets.flow) => End::Idle,
+        () = idle(shared, idle_timeout, sockets) => End::Idle,
         _ = drain.wait_for(|draining| *draining) => End::Drained,
     };
-    (sockets.reset)();
+    sockets.reset();
     let (rx, tx) = both.await;
     outcome(rx, tx, Some(forced), shared)
 }
@@ -298,29 +286,24 @@ async fn pump(
     buffers.give_back(buffer);
     shared.done(direction);
     if failed {
-        reset(from, to);
+        // Both peers see a reset, and the other direction's pending read
+        // returns.
+        Pair(borrow_uring(from), borrow_uring(to)).reset();
     }
     bytes
-}
-
-/// Resets both sockets, so both peers see a reset and pending reads on
-/// them return.
-fn reset(a: &TcpStream, b: &TcpStream) {
-    tcp_state::reset(borrow_uring(a));
-    tcp_state::reset(borrow_uring(b));
 }
 
 /// Completes once no byte has moved either way for `timeout`.
 ///
 /// Sleeps until the last progress stamp plus `timeout`. A stale stamp is
 /// not the last word: our write may be waiting while the kernel drains a
-/// full send queue to a slow reader. So the kernel is asked (`flow`). At
+/// full send queue to a slow reader. So the kernel is asked. At
 /// the first look the connection is idle if nothing is queued to go out;
 /// once a look found bytes queued, only if nothing moved on the wire since
 /// that look, `timeout` ago or more. A connection whose queue drained (or
 /// whose peer stopped reading) is therefore cut between `timeout` and twice
 /// `timeout` after its last byte; every other idle connection at `timeout`.
-pub(super) async fn idle(shared: &Shared, timeout: Duration, flow: &dyn Fn() -> Option<Flow>) {
+async fn idle(shared: &Shared, timeout: Duration, sockets: Pair<'_>) {
     let mut seen: Option<Flow> = None;
     loop {
         let deadline = shared.last_active.get() + timeout;
@@ -328,7 +311,7 @@ pub(super) async fn idle(shared: &Shared, timeout: Duration, flow: &dyn Fn() -> 
             tokio::time::sleep_until(deadline.into()).await;
             continue;
         }
-        let now = flow();
+        let now = sockets.flow();
         match now {
             // First look: bytes still queued to go out. Later looks: bytes
             // moved since the last (a queue that drained empty since then

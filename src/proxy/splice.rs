@@ -20,8 +20,8 @@
 //! splice moves less than that again.
 
 use super::buffers::BufferPool;
-use super::forward::{Direction, Meters, Outcome, Shared, Sockets, drive};
-use super::tcp_state;
+use super::forward::{Direction, Meters, Outcome, Shared, drive};
+use super::tcp_state::Pair;
 use crate::metrics::Counter;
 use crate::runtime::RESOURCE_ERRORS;
 use rustix::net::{RecvFlags, recv};
@@ -169,10 +169,7 @@ pub async fn forward(
             )
         )
     };
-    let sockets = Sockets {
-        flow: &|| tcp_state::pair_flow(client, upstream),
-        reset: &|| reset(client, upstream),
-    };
+    let sockets = Pair(client.as_fd(), upstream.as_fd());
     drive(&shared, both, idle_timeout, drain, sockets).await
 }
 
@@ -265,7 +262,9 @@ async fn pump(
     };
     shared.done(direction);
     if failed {
-        reset(from, to);
+        // Both peers see a reset, and the other direction's pending wait
+        // returns.
+        Pair(from.as_fd(), to.as_fd()).reset();
     }
     bytes
 }
@@ -438,13 +437,6 @@ async fn write_all(to: &TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<
         }
     }
     Ok(())
-}
-
-/// Resets both sockets, so both peers see a reset and pending waits on
-/// them return.
-fn reset(a: &TcpStream, b: &TcpStream) {
-    tcp_state::reset(a.as_fd());
-    tcp_state::reset(b.as_fd());
 }
 
 #[cfg(test)]

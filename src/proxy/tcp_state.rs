@@ -13,7 +13,7 @@
 
 use socket2::SockRef;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 /// A socket's traffic as the kernel counts it.
@@ -86,9 +86,21 @@ pub(super) fn borrow_uring(stream: &tokio_uring::net::TcpStream) -> BorrowedFd<'
     unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
 }
 
-/// The flow of a pair of sockets, `None` if the kernel would not say.
-pub(super) fn pair_flow(a: impl AsFd, b: impl AsFd) -> Option<Flow> {
-    Some(flow(a.as_fd()).ok()?.add(flow(b.as_fd()).ok()?))
+/// A connection's two sockets, whatever path moves their bytes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pair<'a>(pub BorrowedFd<'a>, pub BorrowedFd<'a>);
+
+impl Pair<'_> {
+    /// What moved on both, `None` if the kernel would not say.
+    pub fn flow(self) -> Option<Flow> {
+        Some(flow(self.0).ok()?.add(flow(self.1).ok()?))
+    }
+
+    /// Resets both (see [`reset`]).
+    pub fn reset(self) {
+        reset(self.0);
+        reset(self.1);
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +108,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
 
     #[test]
     fn it_should_count_bytes_that_move_and_those_still_queued() {
