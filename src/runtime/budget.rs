@@ -66,13 +66,6 @@ impl Sizing {
     }
 }
 
-/// Descriptors open in this process now (`None` if `/proc` cannot say).
-pub fn open_descriptors() -> Option<u64> {
-    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
-    // The directory being read holds one descriptor itself.
-    Some((entries.count() as u64).saturating_sub(1))
-}
-
 /// The process-wide count of open clients against the capacity.
 #[derive(Debug)]
 pub struct Budget {

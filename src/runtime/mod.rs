@@ -16,6 +16,7 @@ pub use log_limit::{LogLimit, RESOURCE_ERRORS};
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Registrations, Snapshot, Table};
 use crate::health::Checker;
+use crate::metrics::ProcessStats;
 use crate::metrics::access_log::AccessLog;
 use arc_swap::ArcSwap;
 use budget::{Budget, Sizing};
@@ -169,7 +170,9 @@ fn connection_budget(limit: u64, workers: usize, pipes_per_worker: Option<usize>
     let pipe_fds = pipes_per_worker.map_or(0, |pipes| 2 * (pipes * workers) as u64);
     // Under a handful of descriptors open now (listeners, logs, the
     // registry socket), the guess for a process that cannot count them.
-    let open = budget::open_descriptors().unwrap_or(64);
+    // Counted by the process metrics' reader, whose /proc handles (opened
+    // here if not yet) then count among the descriptors open.
+    let open = ProcessStats::read().open_fds.unwrap_or(64);
     let sizing = Sizing::new(limit, open, workers, pipe_fds);
     let pipes = if pipe_fds == 0 {
         String::new()
