@@ -13,9 +13,11 @@ mod accept_gate;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 

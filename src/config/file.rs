@@ -26,6 +26,76 @@ pub struct FileConfig {
     /// `[access_log]`: one line per closed connection.
     #[serde(default)]
     pub access_log: FileAccessLog,
+    /// `[discovery]`: etcd and DNS settings.
+    #[serde(default)]
+    pub discovery: FileDiscovery,
+}
+
+/// `[discovery]`: the fleet-wide sources a service may opt in to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    /// `[discovery.etcd]`.
+    pub etcd: Option<FileEtcd>,
+    /// `[discovery.dns]`.
+    pub dns: Option<FileDns>,
+}
+
+/// `[discovery.etcd]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEtcd {
+    /// Member client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Auth user.
+    pub username: Option<String>,
+    /// Auth password.
+    pub password: Option<String>,
+    /// CA file (PEM).
+    pub ca: Option<String>,
+    /// Client certificate file (PEM).
+    pub cert: Option<String>,
+    /// Client key file (PEM).
+    pub key: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "default_dial_timeout")]
+    pub dial_timeout: String,
+}
+
+/// `[discovery.dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// Name servers, IP:port.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Query timeout.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout: String,
+}
+
+/// A service's `discovery` key: `"etcd"`, or `{ srv = "...", refresh = "10s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileServiceDiscovery {
+    /// A source by name: `"etcd"`.
+    Named(String),
+    /// DNS SRV records.
+    Srv(FileSrv),
+}
+
+/// `{ srv, refresh }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSrv {
+    /// The SRV name.
+    pub srv: String,
+    /// The longest time between two queries.
+    #[serde(default = "default_srv_refresh")]
+    pub refresh: String,
 }
 
 /// `[admin]`.
@@ -150,6 +220,8 @@ pub struct FileService {
     pub health: Option<FileHealth>,
     /// `[services.NAME.outlier]`: passive outlier ejection, if any.
     pub outlier: Option<FileOutlier>,
+    /// `"etcd"` or `{ srv, refresh }`: where more endpoints come from.
+    pub discovery: Option<FileServiceDiscovery>,
 }
 
 /// `[services.NAME.health]`.
@@ -240,6 +312,18 @@ fn default_access_log_format() -> String {
 }
 fn default_registry_mode() -> String {
     "0600".to_string()
+}
+fn default_etcd_prefix() -> String {
+    "/l4mesh/".to_string()
+}
+fn default_dial_timeout() -> String {
+    "2s".to_string()
+}
+fn default_dns_timeout() -> String {
+    "2s".to_string()
+}
+fn default_srv_refresh() -> String {
+    "10s".to_string()
 }
 fn default_weight() -> i64 {
     1

@@ -2,6 +2,7 @@
 //! runtime types below ([`validate`]), and errors that explain themselves.
 
 mod affinity;
+mod discovery;
 mod duration;
 mod endpoints;
 mod error;
@@ -10,6 +11,7 @@ mod names;
 mod validate;
 
 pub use affinity::{CpuAffinity, cpu_list, parse_cpu_affinity};
+pub use discovery::{DiscoveryConfig, DnsConfig, EtcdConfig, EtcdTls, ServiceDiscovery};
 pub use duration::parse_duration;
 pub use endpoints::{looping_listener, unusable_endpoint};
 pub use error::{ConfigError, Problem};
@@ -37,6 +39,8 @@ pub struct Config {
     pub registry: Option<RegistryConfig>,
     /// `[admin]`: where the admin HTTP listener listens, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// `[discovery]`: the etcd and DNS settings services may opt in to.
+    pub discovery: DiscoveryConfig,
     /// `[access_log]`.
     pub access_log: AccessLogConfig,
 }
@@ -188,6 +192,8 @@ pub struct ServiceConfig {
     pub health: Option<HealthConfig>,
     /// Passive outlier ejection, if configured.
     pub outlier: Option<OutlierConfig>,
+    /// Where more endpoints come from, besides the file and the registry.
+    pub discovery: Option<ServiceDiscovery>,
 }
 
 /// `[services.NAME.health]`, validated: `timeout < interval`, thresholds at

@@ -1,6 +1,7 @@
 //! Turns the file's shape into a [`Config`], collecting every problem with
 //! the key path, the value, the reason and the fix.
 
+use super::discovery;
 use super::endpoints::{looping_listener, unusable_endpoint};
 use super::file::{
     FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileListener, FileOutlier, FileRegistry,
@@ -20,10 +21,10 @@ use std::time::Duration;
 
 /// Collects problems while values are converted.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn push(&mut self, key: &str, value: impl ToString, reason: &str, fix: &str) {
+    pub(super) fn push(&mut self, key: &str, value: impl ToString, reason: &str, fix: &str) {
         self.0.push(Problem {
             key: key.to_string(),
             value: value.to_string(),
@@ -33,7 +34,14 @@ impl Problems {
     }
 
     /// Checks an integer against an inclusive range.
-    fn integer(&mut self, key: &str, value: i64, min: i64, max: i64, fix: &str) -> Option<i64> {
+    pub(super) fn integer(
+        &mut self,
+        key: &str,
+        value: i64,
+        min: i64,
+        max: i64,
+        fix: &str,
+    ) -> Option<i64> {
         if (min..=max).contains(&value) {
             Some(value)
         } else {
@@ -44,7 +52,7 @@ impl Problems {
     }
 
     /// Checks a duration against `min..=MAX_DURATION`.
-    fn duration(&mut self, key: &str, text: &str, min: Duration) -> Option<Duration> {
+    pub(super) fn duration(&mut self, key: &str, text: &str, min: Duration) -> Option<Duration> {
         match parse_duration(text) {
             Ok(d) if d > MAX_DURATION => {
                 let reason = "it is longer than 30 days, which no timeout here needs";
@@ -71,7 +79,12 @@ impl Problems {
         }
     }
 
-    fn address(&mut self, key: &str, text: &str, allow_port_zero: bool) -> Option<SocketAddr> {
+    pub(super) fn address(
+        &mut self,
+        key: &str,
+        text: &str,
+        allow_port_zero: bool,
+    ) -> Option<SocketAddr> {
         let fix = "write an IP address and a port, like \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)";
         match text.trim().parse::<SocketAddr>() {
             Ok(addr) if addr.port() == 0 && !allow_port_zero => {
@@ -102,7 +115,7 @@ pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 /// short enough that deadlines computed from it never overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-fn quoted(text: &str) -> String {
+pub(super) fn quoted(text: &str) -> String {
     format!("{text:?}")
 }
 
@@ -126,6 +139,12 @@ pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
         .as_ref()
         .and_then(|a| problems.address("admin.listen", &a.listen, true));
     let access_log = access_log(&file.access_log, &mut problems);
+    let discovery = discovery::discovery(&file.discovery, &mut problems);
+    for (name, s) in &file.services {
+        if let Some(d) = &s.discovery {
+            discovery::check_service(name, d, &discovery, &mut problems);
+        }
+    }
     match (runtime, access_log) {
         (Some(runtime), Some(access_log)) if problems.0.is_empty() => Ok(Config {
             path: path.to_path_buf(),
@@ -134,6 +153,7 @@ pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
             services,
             registry,
             admin,
+            discovery,
             access_log,
         }),
         _ => Err(problems.0),
@@ -523,6 +543,10 @@ fn service(
         max_connections_per_endpoint: flip(per_endpoint)?.map(|n| n as u64),
         health: flip(health)?,
         outlier: flip(outlier)?,
+        discovery: match &file.discovery {
+            None => None,
+            Some(d) => Some(discovery::service_discovery(&key, d, problems)?),
+        },
     })
 }
 

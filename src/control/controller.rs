@@ -9,8 +9,9 @@
 
 use super::protocol::{HELP, Request};
 use super::registrations::{EndpointKey, Registered, Registrations};
-use super::snapshot::{Service, Snapshot, Source};
+use super::snapshot::{Service, Snapshot};
 use crate::config::Config;
+use crate::routing::Source;
 use crate::runtime::ProxyControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{Value, json};

@@ -17,6 +17,6 @@ pub use registrations::{EndpointKey, Registered, Registration, Registrations};
 pub use registry::{RegistryError, RegistryServer};
 pub use snapshot::{
     ActiveGuard, Choice, ClientCount, ClientGuard, Endpoint, EndpointState, Listener, Member,
-    Outlier, Service, Snapshot, Source, Table,
+    Outlier, Service, Snapshot, Table,
 };
 pub use watch::{ConfigWatcher, WatchError};

@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::health::{self, Ejection, EndpointHealth, ServiceHealth, Verdict};
 use crate::metrics::{EndpointStats, ListenerStats, ServiceStats};
+use crate::routing::Source;
 use crate::runtime::LogLimit;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -67,25 +68,6 @@ pub struct ActiveGuard(Arc<Endpoint>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Where an endpoint comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Declared in the config file.
-    File,
-    /// Registered through the registry socket.
-    Registry,
-}
-
-impl Source {
-    /// The name used in replies and listings.
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::File => "file",
-            Source::Registry => "registry",
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod admin;
 mod counters;
+mod discovery;
 pub mod exposition;
 mod http;
 pub mod names;
@@ -12,6 +13,7 @@ mod process;
 mod stats;
 
 pub use counters::{CONNECT_BUCKETS, Counter, DURATION_BUCKETS, Histogram, PerWorker};
+pub use discovery::{DiscoveryStats, SourceStatus};
 pub use process::ProcessStats;
 pub use stats::{
     EndpointSlot, EndpointStats, FailureReason, ListenerSlot, ListenerStats, ResetCause,

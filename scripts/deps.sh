@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing l4mesh need when it is missing:
+# protoc (protobuf-compiler) for the etcd client's build, prlimit (util-linux)
+# for the fd-exhaustion test, promtool (prometheus) to check /metrics, etcd
+# (etcd-server) and dnsmasq (dnsmasq-base) as the fleet tests' real servers,
+# and cargo-nextest. Debian is kept from starting the packages' services.
+set -euo pipefail
+
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v prlimit >/dev/null || missing+=(util-linux)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+if ((${#missing[@]})); then
+  echo "== installing ${missing[*]}"
+  own_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  ((own_policy)) && rm -f /usr/sbin/policy-rc.d
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
