@@ -315,6 +315,40 @@ mod tests {
         assert!((0..10).all(|_| p.connect_failed(0, 0).is_none()));
     }
 
+    #[test]
+    fn it_should_pick_a_higher_tier_only_while_no_lower_tier_is_usable() {
+        let mut given = Given::default();
+        given.register("127.0.0.1:20", 1, 1);
+        given.register("127.0.0.1:21", 1, 1);
+        given.register("127.0.0.1:10", 1, 0);
+        given.register("127.0.0.1:30", 1, 2);
+        let snapshot = Snapshot::build(&config(""), &given, None);
+        let s = snapshot.route("l").unwrap();
+        let client = "127.0.0.1".parse().unwrap();
+        let picks = |n: usize| -> HashSet<u16> {
+            (0..n)
+                .filter_map(|_| s.choose(client, false, &|_| false))
+                .map(|c| {
+                    assert!(!c.panic);
+                    s.members[c.index].endpoint.addr.port()
+                })
+                .collect()
+        };
+        assert_eq!(picks(20), HashSet::from([10]));
+        let member = |port: u16| s.member(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        member(10).endpoint.health.set_verdict(Verdict::Down);
+        assert_eq!(picks(20), HashSet::from([20, 21]));
+        member(20).endpoint.health.set_verdict(Verdict::Down);
+        member(21).endpoint.health.set_verdict(Verdict::Down);
+        assert_eq!(picks(20), HashSet::from([30]));
+        // A member a client already tried passes the turn to the next tier.
+        member(10).endpoint.health.set_verdict(Verdict::Up);
+        let i = s.members.iter().position(|m| m.tier == 0).unwrap();
+        let retry = s.choose(client, true, &|t| t == i).unwrap();
+        assert_eq!(s.members[retry.index].tier, 2);
+        assert_eq!(picks(20), HashSet::from([10]));
+    }
+
     /// Random services (every policy, 1 to 8 endpoints, random panic
     /// thresholds and per-endpoint limits), random health, ejections,
     /// drains, full endpoints and tried sets: a choice is never tried,
