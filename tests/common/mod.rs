@@ -2,6 +2,8 @@
 //! real binary, and polling against deadlines instead of sleeping.
 #![allow(dead_code)] // each test file uses part of the harness
 
+pub mod dnsmasq;
+
 use l4mesh::{Config, Proxy};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

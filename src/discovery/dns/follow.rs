@@ -65,6 +65,9 @@ pub async fn follow(srv: Srv, resolver: Arc<Resolver>, feed: Feed, status: Arc<S
                     );
                 }
                 report_skipped(&service, &name, &answer, &mut trouble);
+                // Up before the update leaves, so that whoever sees the
+                // update sees the source up.
+                status.synced();
                 if sent.as_ref() != Some(&answer.endpoints) {
                     log::info!(
                         "dns: service {service}: SRV {name} gives {} endpoint(s): {}",
@@ -78,7 +81,6 @@ pub async fn follow(srv: Srv, resolver: Arc<Resolver>, feed: Feed, status: Arc<S
                     });
                     sent = Some(answer.endpoints);
                 }
-                status.synced();
                 failures = 0;
                 after_answer(refresh, answer.ttl)
             }
