@@ -7,6 +7,7 @@
 mod common;
 
 use common::dnsmasq::{Dnsmasq, host, srv};
+use common::*;
 use l4mesh::Config;
 use l4mesh::discovery::{Discovery, Feed, Scope, Update};
 use l4mesh::metrics::DiscoveryStats;
@@ -469,4 +470,159 @@ fn a_reload_starts_restarts_and_stops_srv_services() {
     assert_eq!(source.status("api").map(|s| s.0), Some(true));
     // api's task was left alone: it sends nothing new.
     source.quiet(Duration::from_millis(700));
+}
+
+// ---- End to end: the `l4mesh` binary following a real DNS server ----
+
+/// A config for the binary: an admin listener, `[discovery.dns]` on `dns`,
+/// listener `web` in front of service `web` that follows NAME's SRV
+/// records, plus `extra` (tables after the service's keys).
+fn binary_config(mode: &str, dns: SocketAddr, extra: &str) -> String {
+    with_forward(
+        &format!(
+            "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [discovery.dns]\nservers = [\"{dns}\"]\ntimeout = \"200ms\"\n\
+             [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n\
+             [services.web]\nconnect_timeout = \"500ms\"\n\
+             discovery = {{ srv = \"{NAME}\", refresh = \"300ms\" }}\n{extra}"
+        ),
+        mode,
+    )
+}
+
+/// SRV records for NAME: one target per (host, port, priority), each host
+/// at 127.0.0.1.
+fn srv_records(targets: &[(&str, u16, u16)]) -> Vec<String> {
+    let mut records = Vec::new();
+    for (name, port, priority) in targets {
+        let target = format!("{name}.example.internal");
+        records.push(srv(NAME, &target, *port, *priority, 1));
+        records.push(host(&target, &["127.0.0.1"]));
+    }
+    records
+}
+
+/// Tags seen over `n` new connections.
+fn tags(addr: SocketAddr, n: usize) -> std::collections::BTreeSet<u8> {
+    (0..n).filter_map(|_| tag_of(addr)).collect()
+}
+
+fn set_of(tags: &[u8]) -> std::collections::BTreeSet<u8> {
+    tags.iter().copied().collect()
+}
+
+/// Sends `len` bytes through `stream` (an echo) and checks the SHA-256 of
+/// what comes back.
+fn echo_checked(stream: &mut std::net::TcpStream, len: usize) {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let sent = Sha256::digest(&data);
+    let mut writer = stream.try_clone().unwrap();
+    let send = std::thread::spawn(move || writer.write_all(&data).unwrap());
+    let mut back = vec![0; len];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.read_exact(&mut back).unwrap();
+    send.join().unwrap();
+    assert_eq!(Sha256::digest(&back), sent, "the echo came back intact");
+}
+
+/// The admin listener the binary logged.
+fn admin_of(binary: &Binary) -> SocketAddr {
+    let line = binary.wait_for_line(Duration::from_secs(5), "admin listener on http://");
+    let rest = line.split("http://").nth(1).unwrap();
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// `l4mesh_discovery_up` and `l4mesh_discovery_errors_total` of `dns:web`.
+fn dns_web_metrics(admin: SocketAddr) -> (f64, f64) {
+    let m = samples(admin);
+    let find = |metric: &str| {
+        m.iter()
+            .find(|(k, _)| k.starts_with(metric) && k.contains("\"dns:web\""))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {metric} for dns:web in {m:?}"))
+    };
+    (
+        find("l4mesh_discovery_up{"),
+        find("l4mesh_discovery_errors_total{"),
+    )
+}
+
+per_mode! {
+    fn through_the_binary_srv_targets_serve_and_a_removed_record_takes_no_new_connections(mode) {
+        let a = tagged_echo_backend(b'A');
+        let b = tagged_echo_backend(b'B');
+        let mut dns = Dnsmasq::start(60, &srv_records(&[("a", a.port(), 0), ("b", b.port(), 0)]));
+        let binary = Binary::start(&binary_config(mode, dns.addr(), ""), &[]);
+        let web = binary.addr();
+        eventually(WITHIN, "both SRV targets serve", || tags(web, 20) == set_of(b"AB"));
+        // A connection to a, open while its record goes.
+        let mut open = (0..50)
+            .find_map(|_| {
+                let mut s = std::net::TcpStream::connect(web).unwrap();
+                let mut tag = [0u8];
+                std::io::Read::read_exact(&mut s, &mut tag).unwrap();
+                (tag[0] == b'A').then_some(s)
+            })
+            .expect("a connection to a");
+        echo_checked(&mut open, 1 << 16);
+        dns.set(&srv_records(&[("b", b.port(), 0)]));
+        eventually(WITHIN, "only b takes new connections", || tags(web, 20) == set_of(b"B"));
+        // The open connection was left alone.
+        echo_checked(&mut open, 1 << 20);
+    }
+}
+
+#[test]
+fn through_the_binary_the_next_priority_serves_while_the_first_is_down() {
+    let mut a = Switchable::tagged(b'A');
+    let b = tagged_echo_backend(b'B');
+    let dns = Dnsmasq::start(
+        60,
+        &srv_records(&[("a", a.addr.port(), 10), ("b", b.port(), 20)]),
+    );
+    let health = "[services.web.health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
+                  healthy_threshold = 1\nunhealthy_threshold = 1\n";
+    let binary = Binary::start(&binary_config("auto", dns.addr(), health), &[]);
+    let web = binary.addr();
+    eventually(WITHIN, "tier 0 (a) takes everything", || {
+        tags(web, 20) == set_of(b"A")
+    });
+    a.stop();
+    // Clients fail over at once (a refuses), and health checks mark a down.
+    eventually(WITHIN, "tier 1 (b) takes everything", || {
+        tags(web, 20) == set_of(b"B")
+    });
+    a.restart();
+    eventually(WITHIN, "tier 0 serves again once up", || {
+        tags(web, 20) == set_of(b"A")
+    });
+}
+
+#[test]
+fn through_the_binary_a_dead_dns_server_leaves_the_endpoints_serving() {
+    let a = tagged_echo_backend(b'A');
+    let b = tagged_echo_backend(b'B');
+    let mut dns = Dnsmasq::start(60, &srv_records(&[("a", a.port(), 0)]));
+    let binary = Binary::start(&binary_config("auto", dns.addr(), ""), &[]);
+    let web = binary.addr();
+    let admin = admin_of(&binary);
+    eventually(WITHIN, "a serves", || tags(web, 5) == set_of(b"A"));
+    assert_eq!(dns_web_metrics(admin).0, 1.0);
+    dns.stop();
+    eventually(WITHIN, "dns:web down, errors counted", || {
+        let (up, errors) = dns_web_metrics(admin);
+        up == 0.0 && errors >= 2.0
+    });
+    binary.wait_for_line(WITHIN, "keeping its last 1 endpoint(s)");
+    assert_eq!(tags(web, 20), set_of(b"A"), "the last answer keeps serving");
+    dns.set(&srv_records(&[("a", a.port(), 0), ("b", b.port(), 0)]));
+    eventually(WITHIN, "the change made while away is seen", || {
+        tags(web, 20) == set_of(b"AB")
+    });
+    assert_eq!(dns_web_metrics(admin).0, 1.0);
+    binary.wait_for_line(WITHIN, "answers again, after");
 }
