@@ -383,7 +383,7 @@ fn a_single_dot_target_empties_the_service() {
 }
 
 #[test]
-fn a_cname_target_is_looked_up_and_an_addressless_target_skipped() {
+fn a_cname_target_is_looked_up_and_addressless_or_unusable_targets_skipped() {
     // dnsmasq sends no additional records for a CNAME target, so its
     // addresses come from A and AAAA queries.
     let dns = Dnsmasq::start(
@@ -391,6 +391,9 @@ fn a_cname_target_is_looked_up_and_an_addressless_target_skipped() {
         &[
             srv(NAME, "alias.example.internal", 7001, 0, 2),
             srv(NAME, "gone.example.internal", 7002, 0, 1),
+            // No connection can go to a multicast address: skipped.
+            srv(NAME, "nowhere.example.internal", 7003, 0, 1),
+            host("nowhere.example.internal", &["224.0.0.1"]),
             "cname=alias.example.internal,a.example.internal".to_string(),
             host("a.example.internal", &["127.0.0.1", "::1"]),
         ],
@@ -470,6 +473,31 @@ fn a_reload_starts_restarts_and_stops_srv_services() {
     assert_eq!(source.status("api").map(|s| s.0), Some(true));
     // api's task was left alone: it sends nothing new.
     source.quiet(Duration::from_millis(700));
+}
+
+#[test]
+fn a_reload_to_other_name_servers_asks_them() {
+    let first = Dnsmasq::start(
+        60,
+        &[
+            srv(NAME, "a.example.internal", 7001, 0, 1),
+            host("a.example.internal", &["127.0.0.1"]),
+        ],
+    );
+    let second = Dnsmasq::start(
+        60,
+        &[
+            srv(NAME, "b.example.internal", 7002, 0, 1),
+            host("b.example.internal", &["127.0.0.2"]),
+        ],
+    );
+    // A refresh of an hour: only the restart can ask again in time.
+    let mut source = Followed::start(&config(first.addr(), &[("web", NAME, "1h")]));
+    source.expect("web", &[found("127.0.0.1:7001", 1, 0)], WITHIN);
+    source
+        .discovery
+        .reconfigure(&config(second.addr(), &[("web", NAME, "1h")]));
+    source.expect("web", &[found("127.0.0.2:7002", 1, 0)], WITHIN);
 }
 
 // ---- End to end: the `l4mesh` binary following a real DNS server ----

@@ -2,7 +2,7 @@
 //! `hickory-resolver`: what a refresh of one service asks the name servers.
 
 use super::endpoints::{Target, endpoints};
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, unusable_endpoint};
 use crate::routing::Discovered;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
@@ -13,7 +13,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -96,7 +96,8 @@ impl Resolver {
     ///
     /// Addresses come from the answer's additional section when it has
     /// any for a target, else from A and AAAA queries. A target with no
-    /// address, or port 0, is skipped; a single record with target "."
+    /// address, or port 0, is skipped, and so is an address no connection
+    /// can go to (the wildcard, multicast, broadcast); a single record with target "."
     /// (RFC 2782: the service is decidedly not available) is an empty
     /// answer.
     pub async fn query(&self, name: &Name) -> Result<Answer, QueryError> {
@@ -146,9 +147,19 @@ impl Resolver {
                 }
                 addresses.insert(s.target.clone(), addrs);
             }
-            let addrs = addresses.get(&s.target).cloned().unwrap_or_default();
-            if addrs.is_empty() {
+            let found = addresses.get(&s.target).map_or(&[][..], Vec::as_slice);
+            if found.is_empty() {
                 skipped.push(format!("{where_}: no address (A or AAAA)"));
+                continue;
+            }
+            let mut addrs = Vec::new();
+            for ip in found {
+                match unusable_endpoint(SocketAddr::new(*ip, s.port)) {
+                    Some(why) => skipped.push(format!("{where_} at {ip}: {why}")),
+                    None => addrs.push(*ip),
+                }
+            }
+            if addrs.is_empty() {
                 continue;
             }
             targets.push(Target {
