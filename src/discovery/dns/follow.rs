@@ -89,7 +89,8 @@ pub async fn follow(srv: Srv, resolver: Arc<Resolver>, feed: Feed, status: Arc<S
                 failures = failures.saturating_add(1);
                 let wait = jitter(after_failure(refresh, failures));
                 if let Some(held) = trouble.failed(Instant::now()) {
-                    warn_failure(&service, &name, &error, sent.as_deref(), wait, held);
+                    let asked = resolver.servers();
+                    warn_failure(&service, &name, &asked, &error, sent.as_deref(), wait, held);
                 }
                 wait
             }
@@ -101,6 +102,7 @@ pub async fn follow(srv: Srv, resolver: Arc<Resolver>, feed: Feed, status: Arc<S
 fn warn_failure(
     service: &str,
     name: &str,
+    asked: &str,
     error: &QueryError,
     sent: Option<&[Discovered]>,
     wait: Duration,
@@ -116,7 +118,8 @@ fn warn_failure(
         String::new()
     };
     log::warn!(
-        "dns: service {service}: SRV {name}: {error}; {keeping}, retrying in {:.1}s{held}",
+        "dns: service {service}: SRV {name} (asking {asked}): {error}; {keeping}, \
+         retrying in {:.1}s{held}",
         wait.as_secs_f64()
     );
 }

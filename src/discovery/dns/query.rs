@@ -80,6 +80,15 @@ impl Resolver {
         }
     }
 
+    /// Whom it asks, for log lines.
+    pub fn servers(&self) -> String {
+        if self.config.servers.is_empty() {
+            return "the system resolver (/etc/resolv.conf)".to_string();
+        }
+        let list: Vec<String> = self.config.servers.iter().map(|s| s.to_string()).collect();
+        list.join(", ")
+    }
+
     fn get(&self) -> Result<TokioResolver, QueryError> {
         let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(resolver) = built.as_ref() {
