@@ -137,10 +137,16 @@ fn describe(endpoints: &[Discovered]) -> String {
     if endpoints.is_empty() {
         return "none (the SRV target is \".\")".to_string();
     }
-    let list: Vec<String> = endpoints
+    // A long answer is summed up: the first few, then a count.
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = endpoints
         .iter()
+        .take(SHOWN)
         .map(|d| format!("{} weight {} tier {}", d.addr, d.weight, d.tier))
         .collect();
+    if endpoints.len() > SHOWN {
+        list.push(format!("and {} more", endpoints.len() - SHOWN));
+    }
     list.join(", ")
 }
 
@@ -219,6 +225,7 @@ impl Trouble {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -275,6 +282,27 @@ mod tests {
         assert_eq!(trouble.failed(t0 + S(2)), None);
         assert_eq!(trouble.answered(t0 + S(3)), None);
         assert_eq!(trouble.failed(t0 + S(61)), Some(1));
+    }
+
+    #[test]
+    fn a_long_answer_is_summed_up_in_its_log_line() {
+        let many: Vec<Discovered> = (0..12)
+            .map(|i| Discovered {
+                addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i)),
+                weight: 1,
+                tier: 0,
+            })
+            .collect();
+        let line = describe(&many);
+        assert!(
+            line.starts_with("127.0.0.1:7000 weight 1 tier 0, "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("127.0.0.1:7009 weight 1 tier 0, and 2 more"),
+            "{line}"
+        );
+        assert_eq!(describe(&many[..1]), "127.0.0.1:7000 weight 1 tier 0");
     }
 
     #[test]
