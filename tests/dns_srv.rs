@@ -604,6 +604,40 @@ per_mode! {
     }
 }
 
+/// How many of `n` new connections reached each tag.
+fn shares(addr: SocketAddr, n: usize) -> BTreeMap<u8, usize> {
+    let mut counts = BTreeMap::new();
+    for tag in (0..n).filter_map(|_| tag_of(addr)) {
+        *counts.entry(tag).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn through_the_binary_srv_weights_share_the_connections() {
+    let a = tagged_echo_backend(b'A');
+    let b = tagged_echo_backend(b'B');
+    let weighted = |wa: u16, wb: u16| {
+        vec![
+            srv(NAME, "a.example.internal", a.port(), 0, wa),
+            srv(NAME, "b.example.internal", b.port(), 0, wb),
+            host("a.example.internal", &["127.0.0.1"]),
+            host("b.example.internal", &["127.0.0.1"]),
+        ]
+    };
+    let mut dns = Dnsmasq::start(60, &weighted(3, 1));
+    let binary = Binary::start(&binary_config("auto", dns.addr(), ""), &[]);
+    let web = binary.addr();
+    eventually(WITHIN, "both serve", || tags(web, 8) == set_of(b"AB"));
+    // Smooth weighted round robin is exact over a whole cycle.
+    let weighted_3_1 = BTreeMap::from([(b'A', 30), (b'B', 10)]);
+    assert_eq!(shares(web, 40), weighted_3_1);
+    // SRV weights past 256 are scaled, keeping the ratio: 1:1.
+    dns.set(&weighted(5000, 5000));
+    let even = BTreeMap::from([(b'A', 20), (b'B', 20)]);
+    eventually(WITHIN, "reweighted to 1:1", || shares(web, 40) == even);
+}
+
 #[test]
 fn through_the_binary_the_next_priority_serves_while_the_first_is_down() {
     let mut a = Switchable::tagged(b'A');
