@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The shortest wait between two answered queries, unless `refresh` is
-/// shorter: a TTL of 0 (or 1 s, common in service registries) would
-/// otherwise have every proxy of a fleet ask its name server in a loop.
+/// shorter: a TTL of 0 (dnsmasq's default for its own records, and common
+/// in service registries) would otherwise have every proxy of a fleet ask
+/// its name server in a loop.
 pub const FLOOR: Duration = Duration::from_secs(1);
 
 /// The first retry after a failed query; each further one waits twice as

@@ -106,9 +106,9 @@ impl Resolver {
     /// Addresses come from the answer's additional section when it has
     /// any for a target, else from A and AAAA queries. A target with no
     /// address, or port 0, is skipped, and so is an address no connection
-    /// can go to (the wildcard, multicast, broadcast); a single record with target "."
-    /// (RFC 2782: the service is decidedly not available) is an empty
-    /// answer.
+    /// can go to (the wildcard, multicast, broadcast); a single record
+    /// with target "." (RFC 2782: the service is decidedly not available)
+    /// is an empty answer.
     pub async fn query(&self, name: &Name) -> Result<Answer, QueryError> {
         let resolver = self.get()?;
         let srv = fresh_lookup(&resolver, name, RecordType::SRV)
