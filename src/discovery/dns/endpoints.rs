@@ -199,6 +199,45 @@ mod tests {
     }
 
     #[test]
+    fn any_answer_gives_unique_addresses_consecutive_tiers_and_weights_in_range() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..500 {
+            let targets: Vec<Target> = (0..rng.usize(0..12))
+                .map(|_| Target {
+                    priority: rng.u16(0..4) * rng.u16(1..1000),
+                    weight: if rng.bool() {
+                        rng.u16(..)
+                    } else {
+                        rng.u16(0..10)
+                    },
+                    port: rng.u16(1..4),
+                    addrs: (0..rng.usize(0..3))
+                        .map(|_| IpAddr::from([10, 0, 0, rng.u8(1..4)]))
+                        .collect(),
+                })
+                .collect();
+            let got = endpoints(&targets);
+            let addrs: std::collections::BTreeSet<_> = got.iter().map(|d| d.addr).collect();
+            assert_eq!(addrs.len(), got.len(), "unique addresses: {got:?}");
+            let named: std::collections::BTreeSet<_> = targets
+                .iter()
+                .flat_map(|t| t.addrs.iter().map(|ip| SocketAddr::new(*ip, t.port)))
+                .collect();
+            assert_eq!(addrs, named, "every named address, nothing else");
+            let tiers: std::collections::BTreeSet<u16> = got.iter().map(|d| d.tier).collect();
+            assert!(tiers.iter().copied().eq(0..tiers.len() as u16), "{tiers:?}");
+            assert!(
+                got.iter().all(|d| (1..=MAX_WEIGHT).contains(&d.weight)),
+                "{got:?}"
+            );
+            assert!(
+                got.windows(2)
+                    .all(|w| (w[0].tier, w[0].addr) < (w[1].tier, w[1].addr))
+            );
+        }
+    }
+
+    #[test]
     fn scaled_weights_stay_in_range_and_in_order() {
         for largest in [257u32, 1000, 65535, 131_070] {
             let mut previous = 0;
