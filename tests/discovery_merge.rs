@@ -243,3 +243,27 @@ fn it_should_drop_and_restore_etcd_endpoints_when_a_reload_toggles_discovery() {
         HashSet::from([(a, "file".to_string()), (b, "etcd".to_string())])
     );
 }
+
+#[test]
+fn it_should_skip_a_discovered_address_that_loops_or_cannot_be_connected_to() {
+    let a = tagged_echo_backend(b'A');
+    let b = tagged_echo_backend(b'B');
+    let served = Served::start(&config("auto", &[a], "discovery = \"etcd\""));
+    let own = served.addr("other");
+    let multicast: SocketAddr = "224.0.0.1:80".parse().unwrap();
+    served.server.control().discovered(update(
+        Source::Etcd,
+        Scope::All,
+        &[(
+            "web",
+            vec![found(own, 1, 0), found(multicast, 1, 0), found(b, 1, 0)],
+        )],
+    ));
+    eventually(Duration::from_secs(1), "b listed", || {
+        listed(&served, "web").len() == 2
+    });
+    assert_eq!(
+        listed(&served, "web"),
+        HashSet::from([(a, "file".to_string()), (b, "etcd".to_string())])
+    );
+}

@@ -9,7 +9,7 @@
 
 use super::requests::error;
 use super::sources::Sources;
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::discovery::registry::protocol::Request;
 use crate::discovery::{Discovery, Update};
 use crate::metrics::ReloadStats;
@@ -296,8 +296,32 @@ impl Controller {
 
     /// Applies a discovery source's update; returns whether the table
     /// changes (the caller publishes once for the whole batch).
-    fn discovered(&mut self, update: Update) -> bool {
+    fn discovered(&mut self, mut update: Update) -> bool {
         let source = update.source;
+        // The same rules as the file's endpoints and the registry's.
+        let own = self.own_listeners();
+        for (service, list) in &mut update.services {
+            list.retain(|found| {
+                let why = crate::config::unusable_endpoint(found.addr)
+                    .map(str::to_string)
+                    .or_else(|| {
+                        crate::config::looping_listener(found.addr, &own).map(|l| {
+                            format!(
+                                "it is l4mesh's own listener {} ({}): traffic would loop",
+                                l.name, l.listen
+                            )
+                        })
+                    });
+                if let Some(why) = &why {
+                    log::warn!(
+                        "{}: endpoint {} of service {service} skipped: {why}",
+                        source.name(),
+                        found.addr
+                    );
+                }
+                why.is_none()
+            });
+        }
         let services = update.services.len();
         let changed = self.sources.apply(update);
         if changed {
@@ -309,6 +333,26 @@ impl Controller {
             );
         }
         changed
+    }
+
+    /// The listeners as bound (a port-0 listener at the port it got), for
+    /// the check that an endpoint is not l4mesh itself.
+    pub(super) fn own_listeners(&self) -> Vec<ListenerConfig> {
+        let bound = self.proxy.listeners();
+        self.config
+            .listeners
+            .iter()
+            .map(|l| {
+                let listen = bound
+                    .iter()
+                    .find(|(name, _)| *name == l.name)
+                    .map_or(l.listen, |(_, addr)| *addr);
+                ListenerConfig {
+                    listen,
+                    ..l.clone()
+                }
+            })
+            .collect()
     }
 
     fn expire(&mut self) {

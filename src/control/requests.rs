@@ -99,7 +99,7 @@ impl Controller {
                 "{addr} cannot be an endpoint: {why}; register the address the instance listens on"
             )));
         }
-        if let Some(listener) = crate::config::looping_listener(addr, &self.config.listeners) {
+        if let Some(listener) = crate::config::looping_listener(addr, &self.own_listeners()) {
             return Err(error(format!(
                 "{addr} is l4mesh's own listener {} ({}): traffic would loop back into l4mesh; \
                  register the instance's own address",
