@@ -18,7 +18,12 @@
 //! partition, a frozen process), and `require_leader` ends a watch on a
 //! member that lost its quorum; either way the client moves to another
 //! member of `endpoints`.
+//!
+//! [`ctl`] and [`register`] are the other side: `l4mesh ctl --etcd`, which
+//! registers endpoints under leases, deregisters and lists them.
 
+pub mod ctl;
+pub mod register;
 pub mod schema;
 
 use super::{Feed, Scope, Update};

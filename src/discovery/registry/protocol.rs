@@ -135,7 +135,9 @@ pub fn parse(line: &str) -> Result<Request, String> {
     }
 }
 
-fn service_and_addr<'a>(
+/// Reads `SERVICE ADDR` from `args` (the rest follows), with `usage` built
+/// from `verb` and `more` when they are missing; the etcd `ctl` shares it.
+pub(crate) fn service_and_addr<'a>(
     verb: &str,
     args: &'a [&'a str],
     more: &str,
@@ -156,7 +158,8 @@ fn service_and_addr<'a>(
     Ok((service.to_string(), addr, rest))
 }
 
-fn parse_weight(value: &str) -> Result<u32, String> {
+/// A weight from 1 to [`MAX_WEIGHT`].
+pub(crate) fn parse_weight(value: &str) -> Result<u32, String> {
     value
         .parse::<u32>()
         .ok()
