@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses part of the harness
 
 pub mod dnsmasq;
+pub mod etcd;
 
 use l4mesh::{Config, Proxy};
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 //! `ctl` writes, every l4mesh accepts.
 
 use super::schema;
-use crate::config::parse_duration;
+use crate::config::{is_valid_name, parse_duration};
 use crate::discovery::registry::protocol::{parse_weight, service_and_addr};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use std::net::SocketAddr;
@@ -152,6 +152,7 @@ impl Endpoint {
     }
 
     fn check(&self, prefix: &str) -> Result<(), EtcdCtlError> {
+        check_service(&self.service)?;
         schema::parse_key(prefix, self.key(prefix).as_bytes())
             .map(|_| ())
             .map_err(|why| EtcdCtlError::Usage(format!("{} {}: {why}", self.service, self.addr)))
@@ -169,6 +170,19 @@ impl Endpoint {
             value["zone"] = zone.clone().into();
         }
         value.to_string()
+    }
+}
+
+/// A service name as the config and the registry take it (a `/` would
+/// make another key).
+pub fn check_service(service: &str) -> Result<(), EtcdCtlError> {
+    if is_valid_name(service) {
+        Ok(())
+    } else {
+        Err(EtcdCtlError::Usage(format!(
+            "service `{}` is not a name of letters, digits, `_`, `.` and `-`",
+            service.escape_debug()
+        )))
     }
 }
 
@@ -226,9 +240,10 @@ pub async fn deregister(target: &Target, endpoint: &Endpoint) -> Result<String, 
 /// line per endpoint, and a line per key the watcher would skip, saying why.
 pub async fn list(target: &Target, service: Option<&str>) -> Result<String, EtcdCtlError> {
     let from = match service {
-        Some(service) => format!("{}services/{service}/endpoints/", target.prefix),
-        None => format!("{}services/", target.prefix),
-    };
+        Some(service) => check_service(service)
+            .map(|()| format!("{}services/{service}/endpoints/", target.prefix)),
+        None => Ok(format!("{}services/", target.prefix)),
+    }?;
     let mut client = target.connect().await.map_err(|e| target.error(e))?;
     let response = tokio::time::timeout(
         TIMEOUT,

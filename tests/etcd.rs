@@ -1,0 +1,573 @@
+//! The etcd source end to end: the real `l4mesh` binary following a real
+//! etcd (Debian's 3.4, started by `common::etcd` on free loopback ports),
+//! endpoints registered by the real `l4mesh ctl --etcd` sidecar or put with
+//! `etcdctl`, traffic through the proxy to tagged echo backends.
+//!
+//! "Changes made while l4mesh was away" need an etcd that l4mesh cannot
+//! reach but that still takes writes: a three-member cluster where l4mesh
+//! knows only member m0. Killing m0 cuts l4mesh off; the other two keep a
+//! quorum and take the changes (and a compaction); m0 restarted catches up
+//! from the others, and l4mesh with it.
+
+mod common;
+
+use common::etcd::{Cluster, Etcd, etcdctl};
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WITHIN: Duration = Duration::from_secs(5);
+
+/// The key of `addr` in service `web`.
+fn key(addr: SocketAddr) -> String {
+    format!("/l4mesh/services/web/endpoints/{addr}")
+}
+
+/// A config for the binary: an admin listener, `[discovery.etcd]` on
+/// `urls` (comma-separated), listener `web` in front of service `web`,
+/// which follows etcd.
+fn binary_config(mode: &str, urls: &str) -> String {
+    let endpoints: Vec<String> = urls.split(',').map(|u| format!("\"{u}\"")).collect();
+    with_forward(
+        &format!(
+            "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [discovery.etcd]\nendpoints = [{}]\ndial_timeout = \"500ms\"\n\
+             [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n\
+             [services.web]\nconnect_timeout = \"500ms\"\ndiscovery = \"etcd\"\n",
+            endpoints.join(", ")
+        ),
+        mode,
+    )
+}
+
+/// Tags seen over `n` new connections.
+fn tags(addr: SocketAddr, n: usize) -> BTreeSet<u8> {
+    (0..n).filter_map(|_| tag_of(addr)).collect()
+}
+
+fn set_of(tags: &[u8]) -> BTreeSet<u8> {
+    tags.iter().copied().collect()
+}
+
+/// A connection through the proxy that reached the backend tagged `tag`.
+fn open_to(web: SocketAddr, tag: u8) -> TcpStream {
+    (0..100)
+        .find_map(|_| {
+            let mut s = TcpStream::connect(web).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = [0u8];
+            s.read_exact(&mut got).ok()?;
+            (got[0] == tag).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("no connection reached {}", tag as char))
+}
+
+/// Sends `len` bytes through `stream` (an echo) and checks the SHA-256 of
+/// what comes back.
+fn echo_checked(stream: &mut TcpStream, len: usize) {
+    use sha2::{Digest, Sha256};
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let sent = Sha256::digest(&data);
+    let mut writer = stream.try_clone().unwrap();
+    let send = std::thread::spawn(move || writer.write_all(&data).unwrap());
+    let mut back = vec![0; len];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.read_exact(&mut back).unwrap();
+    send.join().unwrap();
+    assert_eq!(Sha256::digest(&back), sent, "the echo came back intact");
+}
+
+/// The admin listener the binary logged.
+fn admin_of(binary: &Binary) -> SocketAddr {
+    let line = binary.wait_for_line(WITHIN, "admin listener on http://");
+    let rest = line.split("http://").nth(1).unwrap();
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// `l4mesh_discovery_up{source="etcd"}` and its errors.
+fn etcd_metrics(admin: SocketAddr) -> (f64, f64) {
+    let m = samples(admin);
+    let find = |metric: &str| {
+        m.iter()
+            .find(|(k, _)| k.starts_with(metric) && k.contains("\"etcd\""))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {metric} for etcd in {m:?}"))
+    };
+    (
+        find("l4mesh_discovery_up{"),
+        find("l4mesh_discovery_errors_total{"),
+    )
+}
+
+/// Service `web`'s endpoints in the binary's `/config`: address → weight,
+/// etcd's only.
+fn etcd_endpoints(admin: SocketAddr) -> BTreeMap<String, u64> {
+    let (status, body) = get(admin, "GET", "/config");
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let web = config["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .expect("service web in /config");
+    web["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "etcd")
+        .map(|e| {
+            (
+                e["addr"].as_str().unwrap().to_string(),
+                e["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `l4mesh ctl --etcd URLS ARGS`, to its end: (exit code, stdout, stderr).
+fn ctl(urls: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+        .args(["ctl", "--etcd", urls])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `l4mesh ctl --etcd URLS register ...` sidecar; killed on drop.
+struct Sidecar {
+    child: Child,
+    /// Its stderr lines so far.
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sidecar {
+    /// Starts `register web ADDR ARGS... --ttl TTL` and waits for its
+    /// "registered" line.
+    fn register(urls: &str, addr: SocketAddr, ttl: &str, args: &[&str]) -> Sidecar {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+            .args(["ctl", "--etcd", urls, "register", "web", &addr.to_string()])
+            .args(args)
+            .args(["--ttl", ttl])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&lines));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("sidecar: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with(&format!("registered web {addr} at {}", key(addr))),
+            "{line:?}"
+        );
+        Sidecar { child, lines }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for_line(&self, needle: &str) {
+        eventually(WITHIN, &format!("a sidecar line with {needle:?}"), || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+        });
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM; waits for its exit and returns the code.
+    fn terminate(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar did not exit on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+per_mode! {
+    fn registered_endpoints_serve_within_a_second_and_each_way_out_ends_only_new_connections(mode) {
+        let (a, b, c, d) = (
+            tagged_echo_backend(b'A'),
+            tagged_echo_backend(b'B'),
+            tagged_echo_backend(b'C'),
+            tagged_echo_backend(b'D'),
+        );
+        let etcd = Etcd::start();
+        let url = etcd.url();
+        etcd.put(&key(d), "");
+        let binary = Binary::start(&binary_config(mode, &url), &[]);
+        let web = binary.addr();
+        eventually(WITHIN, "d (put with etcdctl) serves", || tags(web, 4) == set_of(b"D"));
+
+        // Registered by the sidecar: served within a second.
+        let registered = Instant::now();
+        let sidecar_a = Sidecar::register(&url, a, "10s", &["weight=2", "zone=z1"]);
+        let sidecar_b = Sidecar::register(&url, b, "2s", &[]);
+        let sidecar_c = Sidecar::register(&url, c, "10s", &[]);
+        eventually(Duration::from_secs(1), "a, b and c serve within 1 s", || {
+            tags(web, 10) == set_of(b"ABCD")
+        });
+        eprintln!("registered to served: {:?}", registered.elapsed());
+        assert_eq!(etcd.get(&key(a)).as_deref(), Some(r#"{"weight":2,"zone":"z1"}"#));
+
+        let mut open: Vec<TcpStream> = [b'A', b'B', b'C'].iter().map(|t| open_to(web, *t)).collect();
+        for stream in &mut open {
+            echo_checked(stream, 1 << 16);
+        }
+
+        // b's sidecar dies: its key lasts until the lease (2 s) expires.
+        let mut sidecar_b = sidecar_b;
+        let killed = Instant::now();
+        sidecar_b.child.kill().unwrap();
+        sidecar_b.child.wait().unwrap();
+        // a deregistered (its sidecar still keeps the lease), c's sidecar
+        // stopped: both leave at once.
+        let (code, out, _) = ctl(&url, &["deregister", "web", &a.to_string()]);
+        assert_eq!((code, out.trim()), (0, format!("deregistered web {a} (deleted {})", key(a)).as_str()));
+        assert_eq!(sidecar_c.terminate(), Some(0));
+        let left = Instant::now();
+        eventually(Duration::from_secs(1), "a and c take no new connection", || {
+            tags(web, 10) == set_of(b"BD")
+        });
+        eprintln!("deregistered/SIGTERM to gone: {:?}", left.elapsed());
+        assert!(killed.elapsed() < Duration::from_millis(1800), "too slow to tell b's lease apart");
+        eventually(Duration::from_secs(4), "b leaves when its lease expires", || {
+            tags(web, 10) == set_of(b"D")
+        });
+        eprintln!("SIGKILL with ttl 2s to gone: {:?}", killed.elapsed());
+        assert!(killed.elapsed() >= Duration::from_secs(1), "b's key outlived its sidecar for its TTL");
+        assert!(etcd.keys("/l4mesh/").iter().all(|k| *k == key(d)));
+
+        // The open connections were left alone.
+        for stream in &mut open {
+            echo_checked(stream, 1 << 20);
+        }
+        drop(sidecar_a);
+    }
+}
+
+#[test]
+fn etcd_killed_mid_traffic_keeps_the_last_endpoints_then_catches_up_with_changes_made_meanwhile() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let mut cluster = Cluster::start(3);
+    cluster.any().put(&key(a), r#"{"weight": 1}"#);
+    // l4mesh knows m0 only.
+    let binary = Binary::start(&binary_config("auto", &cluster.members[0].url()), &[]);
+    let (web, admin) = (binary.addr(), admin_of(&binary));
+    eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
+    assert_eq!(etcd_metrics(admin).0, 1.0);
+    let mut open = open_to(web, b'A');
+    let traffic = std::thread::spawn(move || {
+        for _ in 0..8 {
+            echo_checked(&mut open, 1 << 18);
+        }
+        open
+    });
+
+    cluster.kill(0);
+    eventually(WITHIN, "etcd down in /metrics, failures counted", || {
+        let (up, errors) = etcd_metrics(admin);
+        up == 0.0 && errors >= 1.0
+    });
+    binary.wait_for_line(WITHIN, "serving the last known 1 endpoint(s)");
+    // Meanwhile, through the other members: a leaves, b comes.
+    let others = format!("{},{}", cluster.members[1].url(), cluster.members[2].url());
+    etcdctl(&others, &["del", &key(a)]);
+    etcdctl(&others, &["put", &key(b), r#"{"weight": 1}"#]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        tags(web, 10),
+        set_of(b"A"),
+        "the last endpoints keep serving"
+    );
+
+    let back = Instant::now();
+    cluster.members[0].restart();
+    eventually(WITHIN, "the changes made while away are seen", || {
+        tags(web, 10) == set_of(b"B")
+    });
+    eprintln!("m0 healthy again to caught up: {:?}", back.elapsed());
+    assert_eq!(etcd_metrics(admin).0, 1.0);
+    binary.wait_for_line(WITHIN, "etcd reachable again after");
+    let mut open = traffic.join().unwrap();
+    echo_checked(&mut open, 1 << 20);
+}
+
+#[test]
+fn a_compaction_while_the_proxy_is_away_forces_a_full_resync_with_nothing_stale() {
+    let (a, b, c) = (
+        tagged_echo_backend(b'A'),
+        tagged_echo_backend(b'B'),
+        tagged_echo_backend(b'C'),
+    );
+    let mut cluster = Cluster::start(3);
+    cluster.any().put(&key(a), "");
+    cluster.any().put(&key(b), "");
+    let binary = Binary::start(&binary_config("auto", &cluster.members[0].url()), &[]);
+    let (web, admin) = (binary.addr(), admin_of(&binary));
+    eventually(WITHIN, "a and b serve", || tags(web, 6) == set_of(b"AB"));
+
+    cluster.kill(0);
+    eventually(WITHIN, "etcd down", || etcd_metrics(admin).0 == 0.0);
+    let others = format!("{},{}", cluster.members[1].url(), cluster.members[2].url());
+    // a leaves, c comes and goes, b is reweighted, and the history of all
+    // that is compacted away.
+    etcdctl(&others, &["del", &key(a)]);
+    etcdctl(&others, &["put", &key(c), ""]);
+    etcdctl(&others, &["del", &key(c)]);
+    etcdctl(&others, &["put", &key(b), r#"{"weight": 3}"#]);
+    let revision = cluster.members[1].compact();
+
+    cluster.members[0].restart();
+    binary.wait_for_line(WITHIN, "reading /l4mesh/ again in full");
+    eventually(WITHIN, "exactly b, reweighted", || {
+        etcd_endpoints(admin) == BTreeMap::from([(b.to_string(), 3)])
+    });
+    assert_eq!(tags(web, 10), set_of(b"B"));
+    binary.wait_for_line(WITHIN, &format!("at revision {revision}"));
+    assert_eq!(etcd_metrics(admin).0, 1.0);
+}
+
+#[test]
+fn malformed_keys_and_values_are_skipped_with_a_warning_naming_the_key_and_the_rest_applies() {
+    let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
+    let etcd = Etcd::start();
+    etcd.put(&key(a), "");
+    let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
+    let (web, admin) = (binary.addr(), admin_of(&binary));
+    eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
+    let bad_json = "/l4mesh/services/web/endpoints/127.0.0.1:1";
+    let zero = "/l4mesh/services/web/endpoints/127.0.0.1:2";
+    let bad_addr = "/l4mesh/services/web/endpoints/db.internal:5432";
+    // One transaction: one revision, one watch response, one batch.
+    etcd.ctl_stdin(
+        &["txn"],
+        &format!(
+            "\nput {bad_json} \"{{weight: 2}}\"\nput {zero} {{\"weight\":0}}\n\
+             put {bad_addr} \"\"\nput {} {{\"weight\":2}}\n\n\n",
+            key(b)
+        ),
+    );
+    eventually(WITHIN, "b joins a, at weight 2, and nothing else", || {
+        etcd_endpoints(admin) == BTreeMap::from([(a.to_string(), 1), (b.to_string(), 2)])
+    });
+    for needle in [
+        format!("key {bad_json} skipped: value {{weight: 2}}: the value is not JSON"),
+        format!("key {zero} skipped: value {{\\\"weight\\\":0}}: weight 0 is not from 1 to 256"),
+        format!("key {bad_addr} skipped: `db.internal:5432` is not an IP:port address"),
+    ] {
+        binary.wait_for_line(WITHIN, &needle);
+    }
+    assert_eq!(tags(web, 10), set_of(b"AB"));
+    // `ctl list` shows the good ones and says why the others are skipped.
+    let (code, out, _) = ctl(&etcd.url(), &["list", "web"]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["SERVICE", "ADDR", "WEIGHT", "ZONE", "LEASE"]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["web", &b.to_string(), "2", "-", "-"]),
+        "{out}"
+    );
+    assert!(out.contains(&format!("skipped {zero}: weight 0")), "{out}");
+    // A restart reads them all again, with the same verdicts.
+    drop(binary);
+    let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
+    binary.wait_for_line(WITHIN, &format!("key {zero} skipped"));
+    let web = binary.addr();
+    eventually(WITHIN, "a and b serve", || tags(web, 6) == set_of(b"AB"));
+}
+
+#[test]
+fn the_proxy_follows_a_three_member_cluster_through_the_death_of_each_member_and_misses_no_change()
+{
+    let backends: Vec<SocketAddr> = (0..4u8).map(|i| tagged_echo_backend(b'0' + i)).collect();
+    let mut cluster = Cluster::start(3);
+    cluster.any().put(&key(backends[0]), "");
+    let binary = Binary::start(&binary_config("auto", &cluster.urls()), &[]);
+    let (web, admin) = (binary.addr(), admin_of(&binary));
+    eventually(WITHIN, "0 serves", || tags(web, 4) == set_of(b"0"));
+    // Whichever member l4mesh is connected to, one of these kills it.
+    for i in 0..3 {
+        cluster.kill(i);
+        // Changed at once, probably before l4mesh has moved: only resuming
+        // from the last revision seen brings it.
+        let alive: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| cluster.members[j].url())
+            .collect();
+        etcdctl(&alive.join(","), &["put", &key(backends[i + 1]), ""]);
+        let killed = Instant::now();
+        let expected: BTreeSet<u8> = (0..=i as u8 + 1).map(|t| b'0' + t).collect();
+        eventually(
+            Duration::from_secs(8),
+            &format!("member m{i} killed: the change is seen"),
+            || tags(web, 12) == expected,
+        );
+        eprintln!("m{i} killed: change seen after {:?}", killed.elapsed());
+        cluster.members[i].restart();
+    }
+    assert_eq!(etcd_endpoints(admin).len(), 4);
+}
+
+#[test]
+fn two_proxies_watching_one_etcd_converge_on_the_same_endpoint_set() {
+    let etcd = Etcd::start();
+    let url = etcd.url();
+    let first = Binary::start(&binary_config("auto", &url), &[]);
+    let second = Binary::start(&binary_config("auto", &url), &[]);
+    let admins = [admin_of(&first), admin_of(&second)];
+    // 40 changes in quick succession: puts, reweights and deletes.
+    let mut expected = BTreeMap::new();
+    let addr = |i: u16| -> SocketAddr { format!("127.0.0.1:{}", 20000 + i).parse().unwrap() };
+    for i in 0..20u16 {
+        let weight = 1 + i % 5;
+        etcd.put(&key(addr(i)), &format!("{{\"weight\": {weight}}}"));
+        expected.insert(addr(i).to_string(), u64::from(weight));
+    }
+    for i in 0..20u16 {
+        if i % 3 == 0 {
+            etcd.delete(&key(addr(i)));
+            expected.remove(&addr(i).to_string());
+        } else if i % 3 == 1 {
+            etcd.put(&key(addr(i)), r#"{"weight": 9}"#);
+            expected.insert(addr(i).to_string(), 9);
+        }
+    }
+    for admin in admins {
+        eventually(WITHIN, "each proxy has exactly what etcd holds", || {
+            etcd_endpoints(admin) == expected
+        });
+    }
+    assert_eq!(etcd_endpoints(admins[0]), etcd_endpoints(admins[1]));
+}
+
+#[test]
+fn the_sidecar_keeps_its_lease_across_an_etcd_restart_and_registers_again_when_the_lease_is_gone() {
+    let a = tagged_echo_backend(b'A');
+    let mut cluster = Cluster::start(3);
+    // The sidecar knows m0 only.
+    let m0 = cluster.members[0].url();
+    let sidecar = Sidecar::register(&m0, a, "5s", &[]);
+    let lease_of = |etcd: &Etcd| {
+        let out = etcd.ctl(&["get", "-w", "json", "--", &key(a)]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["kvs"][0]["lease"].as_i64()
+    };
+    let first = lease_of(cluster.any()).expect("a's key has a lease");
+
+    // m0 away for a moment: the lease lives on; the sidecar keeps it.
+    cluster.kill(0);
+    sidecar.wait_for_line("retrying with backoff");
+    cluster.members[0].restart();
+    sidecar.wait_for_line(&format!("lease {first:x} still alive"));
+    assert_eq!(lease_of(cluster.any()), Some(first));
+
+    // m0 away again, and the lease revoked meanwhile (as if it expired):
+    // back, the sidecar grants a new lease and puts the key again.
+    cluster.kill(0);
+    sidecar.wait_for_line("etcd still unreachable");
+    let others = format!("{},{}", cluster.members[1].url(), cluster.members[2].url());
+    etcdctl(&others, &["lease", "revoke", &format!("{first:x}")]);
+    assert_eq!(etcdctl(&others, &["get", "--", &key(a)]), "");
+    cluster.members[0].restart();
+    sidecar.wait_for_line(&format!(
+        "lease {first:x} expired while etcd was unreachable"
+    ));
+    eventually(WITHIN, "a's key is back with a new lease", || {
+        lease_of(cluster.any()).is_some_and(|l| l != first)
+    });
+    assert_eq!(sidecar.terminate(), Some(0));
+    assert_eq!(
+        cluster.any().get(&key(a)),
+        None,
+        "SIGTERM revoked the lease"
+    );
+}
+
+#[test]
+fn ctl_refuses_bad_requests_before_reaching_etcd() {
+    // Nothing listens there: each must fail on its words, with code 2.
+    let nowhere = format!("http://{}", refusing_address());
+    for (args, why) in [
+        (
+            &["register", "web", "127.0.0.1:1", "--ttl", "500ms"][..],
+            "under 1s",
+        ),
+        (
+            &["register", "web", "127.0.0.1:1", "--ttl", "1500ms"],
+            "whole number of seconds",
+        ),
+        (
+            &["register", "web", "127.0.0.1:1", "weight=0"],
+            "from 1 to 256",
+        ),
+        (
+            &["register", "web", "localhost:1"],
+            "is not an IP:port address",
+        ),
+        (&["register", "w/eb", "127.0.0.1:1"], "is not a name"),
+        (&["deregister", "web"], "usage: deregister SERVICE ADDR"),
+        (&["list", "a", "b"], "usage: list [SERVICE]"),
+        (
+            &["drain", "web", "127.0.0.1:1"],
+            "unknown verb `drain` for etcd",
+        ),
+        (&["--prefix", "l4mesh", "list"], "must start and end with /"),
+    ] {
+        let (code, _, err) = ctl(&nowhere, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let (code, _, err) = ctl(&nowhere, &["list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("etcd (") && err.contains(&nowhere), "{err}");
+}
