@@ -185,13 +185,19 @@ impl Sidecar {
 
     /// Waits for a stderr line containing `needle`.
     fn wait_for_line(&self, needle: &str) {
-        eventually(WITHIN, &format!("a sidecar line with {needle:?}"), || {
-            self.lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-        });
+        self.wait_for_lines(needle, 1);
+    }
+
+    /// Waits for `n` stderr lines containing `needle`.
+    fn wait_for_lines(&self, needle: &str, n: usize) {
+        eventually(
+            WITHIN,
+            &format!("{n} sidecar line(s) with {needle:?}"),
+            || {
+                let lines = self.lines.lock().unwrap();
+                lines.iter().filter(|l| l.contains(needle)).count() >= n
+            },
+        );
     }
 
     fn signal(&self, name: &str) {
@@ -514,7 +520,7 @@ fn the_sidecar_keeps_its_lease_across_an_etcd_restart_and_registers_again_when_t
     // m0 away again, and the lease revoked meanwhile (as if it expired):
     // back, the sidecar grants a new lease and puts the key again.
     cluster.kill(0);
-    sidecar.wait_for_line("etcd still unreachable");
+    sidecar.wait_for_lines("retrying with backoff", 2);
     let others = format!("{},{}", cluster.members[1].url(), cluster.members[2].url());
     etcdctl(&others, &["lease", "revoke", &format!("{first:x}")]);
     assert_eq!(etcdctl(&others, &["get", "--", &key(a)]), "");

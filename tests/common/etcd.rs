@@ -282,22 +282,35 @@ impl Etcd {
 }
 
 /// Runs `etcdctl --endpoints ENDPOINTS ARGS` (API v3); its stdout. Panics
-/// if it fails.
+/// if it keeps failing for 10 s.
+///
+/// Each try has 2 s: a write sent to a follower just as its leader dies is
+/// forwarded to the dead leader and lost, and its client waits out its
+/// whole timeout, although a new leader is elected within a second; so a
+/// try that times out is made again (a put or delete repeated is harmless
+/// here).
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoints)
-        .arg("--command-timeout=5s")
-        .args(args)
-        .output()
-        .expect("cannot run etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(endpoints)
+            .arg("--command-timeout=2s")
+            .args(args)
+            .output()
+            .expect("cannot run etcdctl");
+        if out.status.success() {
+            return String::from_utf8(out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            Instant::now() < deadline
+                && (err.contains("deadline exceeded") || err.contains("timed out")),
+            "etcdctl {args:?}: {err}"
+        );
+        eprintln!("etcdctl {args:?} timed out; again");
+    }
 }
 
 impl Drop for Etcd {
