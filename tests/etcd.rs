@@ -173,9 +173,18 @@ impl Sidecar {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
+        // Its one stdout line, within a deadline (a thread reads it, so a
+        // sidecar that hangs fails the test instead of blocking it).
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(WITHIN)
+            .expect("the sidecar's registered line");
         assert!(
             line.starts_with(&format!("registered web {addr} at {}", key(addr))),
             "{line:?}"

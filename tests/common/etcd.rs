@@ -335,6 +335,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members and waits until each is healthy.
     pub fn start(n: usize) -> Cluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Cluster::try_start(n) {
+                Ok(cluster) => return cluster,
+                // Someone took a port between the probe and etcd.
+                Err(e) => last = e,
+            }
+        }
+        panic!("etcd cluster did not start: {last}");
+    }
+
+    fn try_start(n: usize) -> Result<Cluster, String> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let cluster: Vec<String> = ports
             .iter()
@@ -352,11 +364,9 @@ impl Cluster {
             member.spawn();
         }
         for member in &mut members {
-            if let Err(e) = member.wait_healthy(Duration::from_secs(15)) {
-                panic!("etcd cluster did not start: {e}");
-            }
+            member.wait_healthy(Duration::from_secs(15))?;
         }
-        Cluster { members }
+        Ok(Cluster { members })
     }
 
     /// Every member's client URL, comma-separated.
