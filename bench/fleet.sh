@@ -8,8 +8,10 @@
 # b. FLEET_PROXIES l4mesh processes (workers = 1) watching one etcd,
 #    FLEET_CHANGES moves of one service's only endpoint: etcd txn reply to
 #    the first connection routed by it on each proxy, p50/p99.
-# c. Ping-pong p99 through l4mesh without and with FLEET_RATE etcd changes a
-#    second to other endpoints of the same service, and the ratio.
+# c. Ping-pong p99 through l4mesh with no etcd writes, with FLEET_RATE etcd
+#    writes a second outside l4mesh's prefix (the control), and with
+#    FLEET_RATE changes a second to other endpoints of the same service; the
+#    ratios.
 # The method is in bench/fleet.py's docstring.
 #
 # Environment (all optional):
@@ -18,7 +20,7 @@
 #   FLEET_CHANGES_SECS   (b) time budget; fewer changes if spent (default 480)
 #   FLEET_RATE           (c) etcd changes per second (default 10)
 #   FLEET_PP_ROUNDS, FLEET_PP_COUNT  (c) alternating quiet/churn rounds and
-#                        round trips per phase (default 3, 20000)
+#                        round trips per phase (default 8, 50000)
 #   FLEET_PARTS          which of a, b, c to run (default abc)
 #   FLEET_KEEP           non-empty: keep the temp dir with logs and configs
 #   FLEET_LOCK           lock shared with the other benchmarks (default
