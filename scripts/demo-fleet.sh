@@ -7,7 +7,8 @@
 # requests through both proxies to show the split, stops gamma's sidecar
 # (SIGTERM: the lease is revoked, the endpoint leaves etcd at once) and gamma,
 # and shows the traffic moving to alpha and beta. Everything it starts is
-# stopped by PID on exit, including Ctrl-C.
+# stopped by PID on exit, including Ctrl-C. The proxies log to a temp dir,
+# shown if the demo fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +16,17 @@ REQUESTS=${REQUESTS:-12}
 ETCD_URL=http://127.0.0.1:23790
 PIDS=()
 TMP=""
+# Stops what was started, newest first, one at a time: the sidecars revoke
+# their leases while etcd still runs. On failure, shows the proxies' logs.
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local rc=$? i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[i]}" 2>/dev/null || true
+    wait "${PIDS[i]}" 2>/dev/null || true
+  done
+  if ((rc != 0)) && [[ -n $TMP ]]; then
+    tail -n 20 "$TMP"/proxy-*.log 2>/dev/null >&2 || true
+  fi
   [[ -z $TMP ]] || rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -110,27 +119,51 @@ wait_port 23790
 
 echo "== starting two l4mesh proxies: conf/fleet-a.toml (127.0.0.1:8081), conf/fleet-b.toml (127.0.0.1:8082)"
 for n in a b; do
-  RUST_LOG=${RUST_LOG:-warn} "$L4MESH" -c "conf/fleet-$n.toml" &
+  RUST_LOG=${RUST_LOG:-info} "$L4MESH" -c "conf/fleet-$n.toml" >"$TMP/proxy-$n.log" 2>&1 &
   PIDS+=($!)
 done
 wait_port 8081
 wait_port 8082
 
+# The registration sidecar of one backend: `l4mesh ctl --etcd` keeps a lease
+# alive and revokes it on SIGTERM. With a build of l4mesh whose ctl has no
+# --etcd yet, the same with etcdctl (lease grant, put --lease, keep-alive,
+# lease revoke on SIGTERM).
+sidecar() {
+  if "$L4MESH" ctl --help 2>/dev/null | grep -q -- --etcd; then
+    "$L4MESH" ctl --etcd "$ETCD_URL" register web "$1" --ttl 5s &
+  else
+    ETCDCTL_API=3 ETCD_URL=$ETCD_URL bash -c '
+      set -euo pipefail
+      ctl() { etcdctl --endpoints "$ETCD_URL" "$@"; }
+      lease=$(ctl lease grant 5 | awk "{print \$2}")
+      ctl put --lease="$lease" "/l4mesh/services/web/endpoints/$1" "{\"weight\": 1}" >/dev/null
+      ctl lease keep-alive "$lease" >/dev/null &
+      keep=$!
+      trap "kill $keep; ctl lease revoke $lease >/dev/null; exit 0" TERM
+      wait "$keep"
+    ' sidecar "$1" &
+  fi
+  PIDS+=($!)
+}
+
+if ! "$L4MESH" ctl --help 2>/dev/null | grep -q -- --etcd; then
+  echo "== note: this l4mesh has no 'ctl --etcd' yet; each sidecar below does the same with etcdctl (lease grant, put --lease, keep-alive, revoke on SIGTERM)"
+fi
 declare -A SIDECAR BACKEND
 for spec in alpha:9011 beta:9012 gamma:9013; do
   name=${spec%%:*} port=${spec#*:}
-  echo "== backend $name on 127.0.0.1:$port, registered by: l4mesh ctl --etcd $ETCD_URL register web 127.0.0.1:$port --ttl 5s"
+  echo "== backend $name on 127.0.0.1:$port, with its sidecar: l4mesh ctl --etcd $ETCD_URL register web 127.0.0.1:$port --ttl 5s"
   backend "$name" "$port"
   BACKEND[$name]=$!
   wait_port "$port"
-  "$L4MESH" ctl --etcd "$ETCD_URL" register web "127.0.0.1:$port" --ttl 5s &
-  PIDS+=($!)
+  sidecar "127.0.0.1:$port"
   SIDECAR[$name]=$!
 done
 
+wait_split alpha beta gamma
 echo "== in etcd:"
 ETCDCTL_API=3 etcdctl --endpoints "$ETCD_URL" get --prefix /l4mesh/ 2>/dev/null | paste - - | sed 's/^/   /' || true
-wait_split alpha beta gamma
 echo "== $REQUESTS connections through each proxy:"
 show_split
 
