@@ -125,13 +125,13 @@ done
 wait_port 8081
 wait_port 8082
 
-# The registration sidecar of one backend: `l4mesh ctl --etcd` keeps a lease
+# The registration sidecar of backend $2 at $1 (log $TMP/sidecar-$2.log): `l4mesh ctl --etcd` keeps a lease
 # alive and revokes it on SIGTERM. With a build of l4mesh whose ctl has no
 # --etcd yet, the same with etcdctl (lease grant, put --lease, keep-alive,
 # lease revoke on SIGTERM).
 sidecar() {
   if "$L4MESH" ctl --help 2>/dev/null | grep -q -- --etcd; then
-    "$L4MESH" ctl --etcd "$ETCD_URL" register web "$1" --ttl 5s &
+    "$L4MESH" ctl --etcd "$ETCD_URL" register web "$1" --ttl 5s >"$TMP/sidecar-$2.log" 2>&1 &
   else
     ETCDCTL_API=3 ETCD_URL=$ETCD_URL bash -c '
       set -euo pipefail
@@ -142,7 +142,7 @@ sidecar() {
       keep=$!
       trap "kill $keep; ctl lease revoke $lease >/dev/null; exit 0" TERM
       wait "$keep"
-    ' sidecar "$1" &
+    ' sidecar "$1" >"$TMP/sidecar-$2.log" 2>&1 &
   fi
   PIDS+=($!)
 }
@@ -157,7 +157,7 @@ for spec in alpha:9011 beta:9012 gamma:9013; do
   backend "$name" "$port"
   BACKEND[$name]=$!
   wait_port "$port"
-  sidecar "127.0.0.1:$port"
+  sidecar "127.0.0.1:$port" "$name"
   SIDECAR[$name]=$!
 done
 
@@ -174,6 +174,8 @@ wait "${SIDECAR[gamma]}" 2>/dev/null || true
 # gamma itself still answers here: only etcd can take it out of the split.
 wait_split alpha beta
 echo "   both proxies stopped routing to gamma $((($(date +%s%N) - start) / 1000000)) ms after the SIGTERM"
+echo "   gamma's sidecar said:"
+sed 's/^/     /' "$TMP/sidecar-gamma.log"
 echo "== stopping gamma"
 kill "${BACKEND[gamma]}"
 wait "${BACKEND[gamma]}" 2>/dev/null || true
