@@ -11,7 +11,8 @@
      in etcd first; one l4mesh with a listener per service (port 0) starts;
      the time from its spawn to the first connection through the listener of
      service s0000 (whose only endpoint, in etcd alone, is a real backend)
-     that the backend answers; VmRSS a second after that.
+     that the backend answers; VmRSS a second after that. workers = 0 (one
+     per CPU); the other endpoints are addresses nothing listens on.
   b. propagation: FLEET_PROXIES l4mesh processes (workers = 1) watch one
      etcd; FLEET_CHANGES times, service `mover`'s only endpoint moves between
      backends A and B in one etcd txn (delete + put). From the txn's reply,
