@@ -22,6 +22,7 @@
 #   FLEET_PP_ROUNDS, FLEET_PP_COUNT  (c) alternating quiet/churn rounds and
 #                        round trips per phase (default 8, 50000)
 #   FLEET_PARTS          which of a, b, c to run (default abc)
+#   FLEET_OUT            the report (default bench/results/fleet.md)
 #   FLEET_KEEP           non-empty: keep the temp dir with logs and configs
 #   FLEET_LOCK           lock shared with the other benchmarks (default
 #                        /tmp/l4mesh-bench.lock; "" for none)
@@ -42,6 +43,7 @@ source "$ROOT/bench/lib.sh"
 
 COMMAND=$(typed_command FLEET bench/fleet.sh)
 LOCK=${FLEET_LOCK-$DEFAULT_LOCK}
+OUT=${FLEET_OUT:-$ROOT/bench/results/fleet.md}
 LOCK_WAIT=${FLEET_LOCK_WAIT:-900}
 require_positive LOCK_WAIT:FLEET_LOCK_WAIT
 
@@ -65,11 +67,11 @@ FLEET_META_REV=$(l4mesh_rev)
 FLEET_META_COMMAND=$COMMAND
 LIFETIME=900
 start_server fleet python3 "$ROOT/bench/fleet.py" run "$TARGET/release/l4mesh" \
-  "$TARGET/release/examples/pingpong" "$ROOT/bench/results/fleet.md"
+  "$TARGET/release/examples/pingpong" "$OUT"
 log "running (progress in $WORK/logs/fleet.log)"
 st=0
 wait "${ENTRY[fleet]%%:*}" || st=$?
 PIDS=()
 cat "$WORK/logs/fleet.log" >&2
 ((st == 0)) || die "bench/fleet.py failed (status $st)"
-log "wrote bench/results/fleet.md"
+log "wrote $OUT"
