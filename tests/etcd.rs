@@ -219,8 +219,13 @@ impl Sidecar {
     }
 
     /// SIGTERM; waits for its exit and returns the code.
-    fn terminate(mut self) -> Option<i32> {
-        self.signal("TERM");
+    fn terminate(self) -> Option<i32> {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal`; waits for its exit and returns the code.
+    fn stop_with(mut self, signal: &str) -> Option<i32> {
+        self.signal(signal);
         let deadline = Instant::now() + WITHIN;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -228,7 +233,7 @@ impl Sidecar {
             }
             assert!(
                 Instant::now() < deadline,
-                "the sidecar did not exit on SIGTERM"
+                "the sidecar did not exit on SIG{signal}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -559,7 +564,8 @@ fn two_proxies_watching_one_etcd_converge_on_the_same_endpoint_set() {
 }
 
 #[test]
-fn the_sidecar_keeps_its_lease_across_an_etcd_restart_and_registers_again_when_the_lease_is_gone() {
+fn the_sidecar_keeps_its_lease_across_an_etcd_restart_registers_again_when_the_lease_is_gone_and_revokes_on_sigint()
+ {
     let a = tagged_echo_backend(b'A');
     let mut cluster = Cluster::start(3);
     // The sidecar knows m0 only.

@@ -45,7 +45,7 @@ pub async fn run(target: &Target, endpoint: &Endpoint, ttl: Duration) -> Result<
     );
     let mut held = Held::default();
     let name = tokio::select! {
-        () = keep(target, endpoint, ttl, &mut held) => unreachable!("keep() never returns"),
+        never = keep(target, endpoint, ttl, &mut held) => match never {},
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
@@ -85,7 +85,12 @@ pub async fn run(target: &Target, endpoint: &Endpoint, ttl: Duration) -> Result<
 }
 
 /// Registers and keeps the lease alive, reconnecting for ever.
-async fn keep(target: &Target, endpoint: &Endpoint, ttl: Duration, held: &mut Held) {
+async fn keep(
+    target: &Target,
+    endpoint: &Endpoint,
+    ttl: Duration,
+    held: &mut Held,
+) -> std::convert::Infallible {
     let mut backoff = MIN_BACKOFF;
     let mut lost_since: Option<std::time::Instant> = None;
     loop {
