@@ -470,6 +470,18 @@ fn malformed_keys_and_values_are_skipped_with_a_warning_naming_the_key_and_the_r
         binary.wait_for_line(WITHIN, &needle);
     }
     assert_eq!(tags(web, 10), set_of(b"AB"));
+    // A known endpoint whose value turns bad keeps what it had; the next
+    // good change (c) shows the bad one was read and passed over.
+    let c = tagged_echo_backend(b'C');
+    etcd.put(&key(b), "{bad");
+    etcd.put(&key(c), "");
+    eventually(WITHIN, "c joins; b keeps weight 2", || {
+        etcd_endpoints(admin)
+            == BTreeMap::from([(a.to_string(), 1), (b.to_string(), 2), (c.to_string(), 1)])
+    });
+    binary.wait_for_line(WITHIN, &format!("key {} skipped: value {{bad", key(b)));
+    etcd.put(&key(b), r#"{"weight": 2}"#);
+    etcd.delete(&key(c));
     // `ctl list` shows the good ones and says why the others are skipped.
     let (code, out, _) = ctl(&etcd.url(), &["list", "web"]);
     assert_eq!(code, 0, "{out}");
