@@ -657,3 +657,40 @@ fn ctl_refuses_bad_requests_before_reaching_etcd() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("etcd (") && err.contains(&nowhere), "{err}");
 }
+
+#[test]
+fn a_frozen_member_is_left_within_the_keep_alive_timeout_and_no_change_is_missed() {
+    let backends: Vec<SocketAddr> = (0..4u8).map(|i| tagged_echo_backend(b'0' + i)).collect();
+    let cluster = Cluster::start(3);
+    cluster.any().put(&key(backends[0]), "");
+    let binary = Binary::start(&binary_config("auto", &cluster.urls()), &[]);
+    let web = binary.addr();
+    eventually(WITHIN, "0 serves", || tags(web, 4) == set_of(b"0"));
+    // A frozen member (SIGSTOP: its sockets stay open, nothing answers,
+    // as in a partition) is noticed only by the HTTP/2 pings: 5 s apart,
+    // 5 s to answer. Whichever member l4mesh watches through, one of these
+    // freezes it.
+    for i in 0..3 {
+        cluster.members[i].pause();
+        let alive: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| cluster.members[j].url())
+            .collect();
+        etcdctl(&alive.join(","), &["put", &key(backends[i + 1]), ""]);
+        let put = Instant::now();
+        let expected: BTreeSet<u8> = (0..=i as u8 + 1).map(|t| b'0' + t).collect();
+        eventually(
+            Duration::from_secs(15),
+            &format!("member m{i} frozen: the change is seen"),
+            || tags(web, 12) == expected,
+        );
+        eprintln!(
+            "m{i} frozen: the change put then seen after {:?}",
+            put.elapsed()
+        );
+        cluster.members[i].resume();
+        eventually(WITHIN, "the member is healthy again", || {
+            cluster.members[i].healthy()
+        });
+    }
+}
