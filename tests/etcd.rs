@@ -680,7 +680,7 @@ fn a_frozen_member_is_left_within_the_keep_alive_timeout_and_no_change_is_missed
         let put = Instant::now();
         let expected: BTreeSet<u8> = (0..=i as u8 + 1).map(|t| b'0' + t).collect();
         eventually(
-            Duration::from_secs(15),
+            Duration::from_secs(20),
             &format!("member m{i} frozen: the change is seen"),
             || tags(web, 12) == expected,
         );
@@ -692,5 +692,10 @@ fn a_frozen_member_is_left_within_the_keep_alive_timeout_and_no_change_is_missed
         eventually(WITHIN, "the member is healthy again", || {
             cluster.members[i].healthy()
         });
+        if binary.count_lines("etcd reachable again after") > 0 {
+            // That was the member l4mesh watched through, and it moved on.
+            return;
+        }
     }
+    panic!("no frozen member made l4mesh move");
 }

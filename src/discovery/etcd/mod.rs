@@ -157,10 +157,21 @@ async fn follow(
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
-        let mut stream = match client.watch(config.prefix.as_str(), Some(options)).await {
-            Ok(stream) => stream,
-            Err(e) => return format!("cannot watch {}: {e}", config.prefix),
-        };
+        // Bounded: a frozen member (a partition) accepts the connection in
+        // its kernel but never answers, and the client may pick it again.
+        let watching = client.watch(config.prefix.as_str(), Some(options));
+        let mut stream =
+            match tokio::time::timeout(READ_TIMEOUT.min(config.dial_timeout * 2), watching).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return format!("cannot watch {}: {e}", config.prefix),
+                Err(_) => {
+                    return format!(
+                        "starting the watch of {} took over {} ms",
+                        config.prefix,
+                        (READ_TIMEOUT.min(config.dial_timeout * 2)).as_millis()
+                    );
+                }
+            };
         // Current again: say so once, and start the backoff afresh.
         if let Some(out) = outage.take() {
             log::info!(
