@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use l4mesh::control::ctl;
+use l4mesh::discovery::etcd::ctl as etcd_ctl;
 use l4mesh::{Config, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -33,16 +34,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Send one request to a running l4mesh's registry socket.
+    /// Send one request to a running l4mesh's registry socket, or to etcd.
     ///
     /// Requests: register SERVICE ADDR [weight=N] [ttl=DURATION] | deregister
     /// SERVICE ADDR | drain SERVICE ADDR | undrain SERVICE ADDR | list [SERVICE] |
     /// reload | help.
+    /// With --etcd: register SERVICE ADDR [weight=N] [zone=Z] --ttl 10s (keeps a
+    /// lease alive until SIGTERM/SIGINT, which revoke it) | deregister SERVICE
+    /// ADDR | list [SERVICE].
     /// Exits 0 if the registry answered ok, 1 otherwise.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["socket", "etcd"])))]
     Ctl {
         /// The registry socket (`[registry] socket` in the config).
         #[arg(short = 's', long = "socket", value_name = "SOCKET")]
-        socket: PathBuf,
+        socket: Option<PathBuf>,
+        /// etcd member URLs instead of a registry socket, comma-separated.
+        #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// The etcd key prefix (`[discovery.etcd] prefix`).
+        #[arg(long = "prefix", value_name = "PREFIX", default_value = "/l4mesh/")]
+        prefix: String,
+        /// The lease's time to live for `register` with --etcd.
+        #[arg(long = "ttl", value_name = "DURATION", value_parser = l4mesh::config::parse_duration)]
+        ttl: Option<Duration>,
         /// Print the raw JSON reply instead of a table or message.
         #[arg(long)]
         json: bool,
@@ -57,10 +71,25 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Some(Command::Ctl {
         socket,
+        etcd,
+        prefix,
+        ttl,
         json,
         request,
     }) = &cli.command
     {
+        let Some(socket) = socket else {
+            return match etcd_ctl::run(etcd.clone(), prefix, *ttl, request) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        };
         return match ctl::request(socket, request, *json) {
             Ok(answer) => {
                 println!("{}", answer.text);

@@ -1,0 +1,168 @@
+//! `l4mesh ctl --etcd`: register an endpoint under a lease kept alive until
+//! told to stop (then the lease is revoked, so the key leaves at once),
+//! deregister one, or list what etcd holds.
+
+use super::client::Backoff;
+use super::{connect, schema, within};
+use crate::config::EtcdConfig;
+use etcd_client::{Client, GetOptions, PutOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+/// One endpoint to register.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The service.
+    pub service: String,
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// Its weight, 1 to 256.
+    pub weight: u32,
+    /// Its zone, if any.
+    pub zone: Option<String>,
+    /// The lease's time to live.
+    pub ttl: Duration,
+}
+
+/// Keeps `reg` registered until `stop` completes, then revokes its lease.
+/// When etcd is lost it keeps retrying and registers again on return.
+pub async fn register(
+    config: &EtcdConfig,
+    reg: &Registration,
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let mut stop = pin!(stop);
+    let key = schema::key(&config.prefix, &reg.service, reg.addr);
+    let value = schema::value(reg.weight, reg.zone.as_deref());
+    let ttl = reg.ttl.as_secs().max(1) as i64;
+    let mut backoff = Backoff::new();
+    let mut registered_once = false;
+    loop {
+        let mut lease = None;
+        let why = tokio::select! {
+            why = hold(config, &key, &value, ttl, &mut lease, &mut registered_once) => why,
+            () = &mut stop => {
+                if let Some((mut client, id)) = lease {
+                    within(config.dial_timeout, client.lease_revoke(id)).await.map_err(|e| {
+                        format!("cannot revoke lease {id:x} of {key}: {e}; the key leaves when \
+                                 the lease expires in {ttl} s")
+                    })?;
+                    log::info!("revoked lease {id:x}: {key} removed");
+                }
+                return Ok(());
+            }
+        };
+        log::warn!("etcd registration of {key}: {why}; retrying");
+        let wait = backoff.next_wait();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut stop => return Ok(()),
+        }
+        if lease.is_some() {
+            backoff.reset();
+        }
+    }
+}
+
+/// Grants a lease, puts the key and keeps the lease alive; returns why it
+/// stopped. `lease` holds the client and lease while it is held.
+async fn hold(
+    config: &EtcdConfig,
+    key: &str,
+    value: &str,
+    ttl: i64,
+    lease: &mut Option<(Client, i64)>,
+    registered_once: &mut bool,
+) -> String {
+    let mut client = match connect(config).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let limit = config.dial_timeout;
+    let id = match within(limit, client.lease_grant(ttl, None)).await {
+        Ok(r) => r.id(),
+        Err(e) => return format!("cannot grant a lease: {e}"),
+    };
+    *lease = Some((client.clone(), id));
+    let put = PutOptions::new().with_lease(id);
+    if let Err(e) = within(limit, client.put(key, value, Some(put))).await {
+        return format!("cannot put {key}: {e}");
+    }
+    if *registered_once {
+        log::info!("registered {key} again with lease {id:x}");
+    } else {
+        println!("registered {key} = {value} with lease {id:x} (ttl {ttl} s)");
+        *registered_once = true;
+    }
+    let (mut keeper, mut responses) = match within(limit, client.lease_keep_alive(id)).await {
+        Ok(k) => k,
+        Err(e) => return format!("cannot keep lease {id:x} alive: {e}"),
+    };
+    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
+    loop {
+        if let Err(e) = keeper.keep_alive().await {
+            return format!("keep-alive of lease {id:x} failed: {e}");
+        }
+        match tokio::time::timeout(every, responses.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() <= 0 => return format!("lease {id:x} expired"),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return "etcd closed the keep-alive stream".into(),
+            Ok(Err(e)) => return format!("keep-alive of lease {id:x} failed: {e}"),
+            Err(_) => return format!("no keep-alive answer for lease {id:x} within {every:?}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Deletes `service`'s endpoint `addr`; says whether it was there.
+pub async fn deregister(
+    config: &EtcdConfig,
+    service: &str,
+    addr: SocketAddr,
+) -> Result<bool, String> {
+    let mut client = connect(config).await?;
+    let key = schema::key(&config.prefix, service, addr);
+    let r = within(config.dial_timeout, client.delete(key.clone(), None))
+        .await
+        .map_err(|e| format!("cannot delete {key}: {e}"))?;
+    Ok(r.deleted() > 0)
+}
+
+/// The endpoints etcd holds (of `service`, or of every service), one line
+/// each: `SERVICE ADDR weight=N [zone=Z] [lease=ID]`, or why a key is bad.
+pub async fn list(config: &EtcdConfig, service: Option<&str>) -> Result<Vec<String>, String> {
+    let mut client = connect(config).await?;
+    let prefix = schema::services_prefix(&config.prefix, service);
+    let r = within(
+        config.dial_timeout,
+        client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|e| format!("cannot read {prefix}: {e}"))?;
+    Ok(r.kvs()
+        .iter()
+        .map(|kv| {
+            let parsed = schema::parse_key(&config.prefix, kv.key())
+                .and_then(|(s, a)| schema::parse_value(kv.value()).map(|e| (s, a, e)));
+            match parsed {
+                Ok((s, a, e)) => {
+                    let mut line = format!("{s} {a} weight={}", e.weight);
+                    if let Some(z) = e.zone {
+                        line.push_str(&format!(" zone={z}"));
+                    }
+                    if kv.lease() != 0 {
+                        line.push_str(&format!(" lease={:x}", kv.lease()));
+                    }
+                    line
+                }
+                Err(why) => format!(
+                    "# skipped {:?} = {:?}: {why}",
+                    String::from_utf8_lossy(kv.key()),
+                    String::from_utf8_lossy(kv.value())
+                ),
+            }
+        })
+        .collect())
+}
