@@ -87,7 +87,7 @@ async fn follow(
     };
     loop {
         if state.revision == 0 {
-            if let Err(e) = resync(&mut client, state, feed, config.dial_timeout).await {
+            if let Err(e) = resync(&mut client, state, feed, status, config.dial_timeout).await {
                 return e;
             }
         }
@@ -120,7 +120,10 @@ async fn follow(
                 batch.push(r);
             }
             match apply(state, &batch) {
-                Applied::Changed(update) => feed.send(update),
+                Applied::Changed(update) => {
+                    status.synced();
+                    feed.send(update);
+                }
                 Applied::Nothing => {}
                 Applied::Compacted(at) => {
                     log::warn!(
@@ -143,6 +146,7 @@ async fn resync(
     client: &mut Client,
     state: &mut State,
     feed: &Feed,
+    status: &SourceStatus,
     limit: Duration,
 ) -> Result<(), String> {
     let prefix = state.prefix().to_string();
@@ -158,6 +162,7 @@ async fn resync(
         state.endpoint_count(),
         state.service_count()
     );
+    status.synced();
     feed.send(Update {
         source: Source::Etcd,
         scope: Scope::All,
