@@ -40,7 +40,7 @@
 
 use l4mesh::Config;
 use l4mesh::config::file::FileConfig;
-use l4mesh::control::{Registrations, Snapshot};
+use l4mesh::routing::{ConfigOnly, Snapshot};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -700,7 +700,7 @@ fn cost(args: &[String]) -> Result<()> {
         "drop_snapshot_ms",
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    let registrations = Registrations::default();
+    let registrations = ConfigOnly;
     let mut endpoints = 0;
     let mut bytes = 0;
     for _ in 0..runs {

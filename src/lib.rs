@@ -10,11 +10,13 @@
 #![warn(missing_docs)]
 
 mod accept_gate;
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod health;
+mod log_limit;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use l4mesh::control::ctl;
 use l4mesh::discovery::etcd::ctl as etcd_ctl;
+use l4mesh::discovery::registry::ctl;
 use l4mesh::{Config, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;

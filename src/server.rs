@@ -1,13 +1,15 @@
 //! A whole l4mesh server, as the binary runs it: the config file loaded and
 //! watched, the registry socket, the controller thread, and the proxy.
 
+use crate::admin::{Admin, AdminState};
 use crate::config::{Config, ConfigError};
-use crate::control::{
-    ConfigWatcher, ControlHandle, Controller, RegistryError, RegistryServer, ReloadStats, Table,
-    WatchError,
-};
+use crate::control::{ControlHandle, Controller};
+use crate::discovery::file_watch::{ConfigWatcher, WatchError};
+use crate::discovery::registry::{RegistryError, RegistryServer};
+use crate::discovery::{Discovery, Feed};
 use crate::metrics::access_log::AccessLog;
-use crate::metrics::admin::{Admin, AdminState};
+use crate::metrics::{DiscoveryStats, ReloadStats};
+use crate::routing::Table;
 use crate::runtime::{Proxy, StartError, StopHandle};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,8 +31,8 @@ pub enum ServerError {
     /// The config file cannot be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
-    /// The controller thread could not start.
-    #[error("cannot start the controller thread: {0}")]
+    /// The controller or discovery thread could not start.
+    #[error("cannot start the controller or discovery thread: {0}")]
     Thread(std::io::Error),
     /// The access log file cannot be opened.
     #[error("access_log.path: cannot open the access log: {0}")]
@@ -71,29 +73,50 @@ impl Server {
         let config = Config::parse(&text, path)?;
         let (control, commands) = ControlHandle::channel();
         let registry = match &config.registry {
-            Some(registry) => Some(RegistryServer::start(registry, control.clone())?),
+            Some(registry) => {
+                let control = control.clone();
+                let handler = Arc::new(move |request| control.registry(request));
+                Some(RegistryServer::start(registry, handler)?)
+            }
             None => None,
         };
         let access_log = AccessLog::start(&config.access_log).map_err(ServerError::AccessLog)?;
         let proxy = Proxy::start(&config, access_log.clone())?;
         let workers = config.runtime.workers;
         let stats = Arc::new(ReloadStats::default());
+        let discovery_stats = Arc::new(DiscoveryStats::default());
         let admin = match config.admin {
             Some(addr) => {
                 let state = AdminState {
                     proxy: proxy.control(),
                     reloads: Arc::clone(&stats),
                     access_log: access_log.clone(),
+                    discovery: Arc::clone(&discovery_stats),
                 };
                 let admin = Admin::start(addr, state);
                 Some(admin.map_err(|source| ServerError::Admin { addr, source })?)
             }
             None => None,
         };
-        let controller = Controller::new(config, text, proxy.control(), Arc::clone(&stats))
-            .spawn(commands)
-            .map_err(ServerError::Thread)?;
-        let watcher = ConfigWatcher::start(path, control.clone())?;
+        let feed = {
+            let control = control.clone();
+            Feed::new(move |update| control.discovered(update))
+        };
+        let discovery =
+            Discovery::start(&config, feed, discovery_stats).map_err(ServerError::Thread)?;
+        let controller = Controller::new(
+            config,
+            text,
+            proxy.control(),
+            Arc::clone(&stats),
+            Some(discovery),
+        )
+        .spawn(commands)
+        .map_err(ServerError::Thread)?;
+        let watcher = {
+            let control = control.clone();
+            ConfigWatcher::start(path, move || control.request_reload(false))?
+        };
         Ok(Server {
             proxy,
             control,

@@ -58,11 +58,11 @@ fn it_should_build_a_20000_endpoint_weighted_round_robin_table_within_2_seconds(
     let config = l4mesh::Config::parse(&text, std::path::Path::new("big.toml")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let regs = l4mesh::control::Registrations::default();
-        let first = l4mesh::control::Snapshot::build(&config, &regs, None);
+        let regs = l4mesh::routing::ConfigOnly;
+        let first = l4mesh::routing::Snapshot::build(&config, &regs, None);
         let mut changed = config.clone();
         changed.services[0].endpoints[0].weight = 7;
-        let second = l4mesh::control::Snapshot::build(&changed, &regs, Some(&first));
+        let second = l4mesh::routing::Snapshot::build(&changed, &regs, Some(&first));
         let _ = tx.send(second);
     });
     let snapshot = rx

@@ -7,7 +7,7 @@
 //! and scripts say one thing and the registry do another.
 #![no_main]
 
-use l4mesh::control::protocol::parse;
+use l4mesh::discovery::registry::protocol::parse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -252,3 +252,88 @@ pub(super) fn check_service(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ServiceDiscovery};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(text, Path::new("t.toml")).map_err(|e| match e {
+            crate::config::ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
+            other => vec![other.to_string()],
+        })
+    }
+
+    #[test]
+    fn it_should_read_etcd_and_srv_services_with_defaults() {
+        let config = parse(
+            "[discovery.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             [discovery.dns]\nservers = [\"127.0.0.1:5353\"]\n\
+             [services.a]\ndiscovery = \"etcd\"\n\
+             [services.b]\ndiscovery = { srv = \"_redis._tcp.example.internal\" }\n",
+        )
+        .unwrap();
+        let etcd = config.discovery.etcd.as_ref().unwrap();
+        assert_eq!(etcd.prefix, "/l4mesh/");
+        assert_eq!(etcd.dial_timeout, Duration::from_secs(2));
+        assert_eq!(etcd.auth, None);
+        assert_eq!(etcd.tls, None);
+        assert_eq!(
+            config.discovery.dns.servers,
+            vec!["127.0.0.1:5353".parse().unwrap()]
+        );
+        assert_eq!(
+            config.service("a").unwrap().discovery,
+            Some(ServiceDiscovery::Etcd)
+        );
+        assert_eq!(
+            config.service("b").unwrap().discovery,
+            Some(ServiceDiscovery::Srv {
+                name: "_redis._tcp.example.internal".into(),
+                refresh: Duration::from_secs(10),
+            })
+        );
+    }
+
+    #[test]
+    fn it_should_name_the_key_value_and_fix_of_each_bad_discovery_setting() {
+        let problems = parse(
+            "[discovery.etcd]\nendpoints = [\"127.0.0.1:2379\"]\nprefix = \"l4mesh\"\n\
+             username = \"u\"\n\
+             [discovery.dns]\nservers = [\"localhost\"]\n\
+             [services.a]\ndiscovery = \"consul\"\n\
+             [services.b]\ndiscovery = { srv = \"bad name!\", refresh = \"1ms\" }\n",
+        )
+        .unwrap_err();
+        let expect = [
+            "discovery.etcd.endpoints[0] = \"127.0.0.1:2379\": not an etcd client URL",
+            "discovery.etcd.prefix = \"l4mesh\": the prefix must start and end with /",
+            "discovery.etcd.username",
+            "discovery.dns.servers[0] = \"localhost\": not an IP:port address",
+            "services.a.discovery = \"consul\": not a discovery source",
+            "services.b.discovery.srv = \"bad name!\": not a DNS name",
+            "services.b.discovery.refresh = \"1ms\"",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "{e} missing from {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn it_should_refuse_an_etcd_service_without_discovery_etcd() {
+        let problems = parse("[services.a]\ndiscovery = \"etcd\"\n").unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("services.a.discovery = \"etcd\": the service asks for etcd"),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("add [discovery.etcd]"), "{problems:?}");
+    }
+}

@@ -7,20 +7,21 @@
 //! as one snapshot, so a burst waits for one build, not one build each.
 //! Bad input never replaces good state.
 
-use super::protocol::{HELP, Request};
-use super::registrations::{EndpointKey, Registered, Registrations};
-use super::snapshot::{Service, Snapshot};
-use crate::config::Config;
-use crate::routing::Source;
+use super::requests::error;
+use super::sources::Sources;
+use crate::config::{Config, ListenerConfig};
+use crate::discovery::registry::protocol::Request;
+use crate::discovery::{Discovery, Update};
+use crate::metrics::ReloadStats;
+use crate::routing::Snapshot;
 use crate::runtime::ProxyControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a caller waits for the controller to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +53,8 @@ pub enum Command {
         /// Where the reply goes.
         reply: Sender<Value>,
     },
+    /// A discovery source's new endpoints (etcd, DNS SRV).
+    Discovered(Update),
     /// Stop the controller thread.
     Stop,
 }
@@ -114,6 +117,11 @@ impl ControlHandle {
         }
     }
 
+    /// Hands a discovery source's update to the controller (no wait).
+    pub fn discovered(&self, update: Update) {
+        self.send(Command::Discovered(update));
+    }
+
     /// Stops the controller.
     pub fn stop(&self) {
         self.send(Command::Stop);
@@ -122,43 +130,6 @@ impl ControlHandle {
     fn send(&self, command: Command) {
         // Fails only once the controller has stopped: then nobody is left to care.
         let _ = self.0.send(command);
-    }
-}
-
-/// Reload outcomes, for monitoring.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    successes: AtomicU64,
-    failures: AtomicU64,
-    last_success_unix: AtomicU64,
-}
-
-impl ReloadStats {
-    /// Reloads applied.
-    pub fn successes(&self) -> u64 {
-        self.successes.load(Ordering::Relaxed)
-    }
-
-    /// Reloads rejected.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    /// Unix time in seconds of the last applied reload (or the start).
-    pub fn last_success_unix(&self) -> u64 {
-        self.last_success_unix.load(Ordering::Relaxed)
-    }
-
-    fn record_success(&self) {
-        self.successes.fetch_add(1, Ordering::Relaxed);
-        self.mark_success_time();
-    }
-
-    fn mark_success_time(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.last_success_unix.store(now, Ordering::Relaxed);
     }
 }
 
@@ -179,7 +150,7 @@ struct Pending {
 }
 
 /// A registry request's reply: now, or once its batch is published.
-enum Answer {
+pub(super) enum Answer {
     Now(Value),
     AfterPublish {
         /// The reply; `generation` is added at publication.
@@ -191,29 +162,36 @@ enum Answer {
 
 /// The controller's state; lives on its own thread.
 pub struct Controller {
-    path: PathBuf,
-    config: Config,
+    pub(super) path: PathBuf,
+    pub(super) config: Config,
     /// The file content last read, to skip events that changed nothing.
     last_text: Option<String>,
-    registrations: Registrations,
-    proxy: Arc<ProxyControl>,
+    /// The registry's, etcd's and DNS's endpoints.
+    pub(super) sources: Sources,
+    /// The etcd and DNS sources, told about reloads; stopped with the
+    /// controller.
+    discovery: Option<Discovery>,
+    pub(super) proxy: Arc<ProxyControl>,
     stats: Arc<ReloadStats>,
 }
 
 impl Controller {
-    /// A controller for a proxy started from `config`, read as `text`.
+    /// A controller for a proxy started from `config`, read as `text`;
+    /// `discovery` runs the etcd and DNS sources that feed it.
     pub fn new(
         config: Config,
         text: String,
         proxy: Arc<ProxyControl>,
         stats: Arc<ReloadStats>,
+        discovery: Option<Discovery>,
     ) -> Controller {
         stats.mark_success_time();
         Controller {
             path: config.path.clone(),
             config,
             last_text: Some(text),
-            registrations: Registrations::default(),
+            sources: Sources::default(),
+            discovery,
             proxy,
             stats,
         }
@@ -229,6 +207,7 @@ impl Controller {
     fn run(mut self, commands: Receiver<Command>) {
         loop {
             let wait = self
+                .sources
                 .registrations
                 .next_expiry()
                 .map_or(Duration::from_secs(3600), |at| {
@@ -281,6 +260,9 @@ impl Controller {
                         }
                     }
                 }
+                Command::Discovered(update) => {
+                    pending.publish |= self.discovered(update);
+                }
                 Command::Reload { force, reply } => {
                     self.flush(&mut pending);
                     let outcome = self.reload(force);
@@ -312,8 +294,69 @@ impl Controller {
         }
     }
 
+    /// Applies a discovery source's update; returns whether the table
+    /// changes (the caller publishes once for the whole batch).
+    fn discovered(&mut self, mut update: Update) -> bool {
+        let source = update.source;
+        // The same rules as the file's endpoints and the registry's.
+        let own = self.own_listeners();
+        for (service, list) in &mut update.services {
+            list.retain(|found| {
+                let why = crate::config::unusable_endpoint(found.addr)
+                    .map(str::to_string)
+                    .or_else(|| {
+                        crate::config::looping_listener(found.addr, &own).map(|l| {
+                            format!(
+                                "it is l4mesh's own listener {} ({}): traffic would loop",
+                                l.name, l.listen
+                            )
+                        })
+                    });
+                if let Some(why) = &why {
+                    log::warn!(
+                        "{}: endpoint {} of service {service} skipped: {why}",
+                        source.name(),
+                        found.addr
+                    );
+                }
+                why.is_none()
+            });
+        }
+        let services = update.services.len();
+        let changed = self.sources.apply(update);
+        if changed {
+            log::info!(
+                "{}: {services} service(s) updated; {} endpoint(s) from {} in all",
+                source.name(),
+                self.sources.count(source),
+                source.name()
+            );
+        }
+        changed
+    }
+
+    /// The listeners as bound (a port-0 listener at the port it got), for
+    /// the check that an endpoint is not l4mesh itself.
+    pub(super) fn own_listeners(&self) -> Vec<ListenerConfig> {
+        let bound = self.proxy.listeners();
+        self.config
+            .listeners
+            .iter()
+            .map(|l| {
+                let listen = bound
+                    .iter()
+                    .find(|(name, _)| *name == l.name)
+                    .map_or(l.listen, |(_, addr)| *addr);
+                ListenerConfig {
+                    listen,
+                    ..l.clone()
+                }
+            })
+            .collect()
+    }
+
     fn expire(&mut self) {
-        let lapsed = self.registrations.expire(Instant::now());
+        let lapsed = self.sources.registrations.expire(Instant::now());
         for (service, addr) in &lapsed {
             log::info!("registry: {service} {addr} lapsed (no heartbeat within its ttl); removed");
         }
@@ -324,7 +367,7 @@ impl Controller {
 
     /// Builds the next snapshot from the config and registrations, and
     /// publishes it.
-    fn publish(&self) -> u64 {
+    pub(super) fn publish(&self) -> u64 {
         self.publish_config(&self.config)
     }
 
@@ -332,11 +375,11 @@ impl Controller {
     /// publishes it.
     fn publish_config(&self, config: &Config) -> u64 {
         let previous = self.proxy.table().load();
-        let next = Snapshot::build(config, &self.registrations, Some(&previous));
+        let next = Snapshot::build(config, &self.sources, Some(&previous));
         self.proxy.publish(next)
     }
 
-    fn reload(&mut self, force: bool) -> Result<String, String> {
+    pub(super) fn reload(&mut self, force: bool) -> Result<String, String> {
         let path = self.path.display().to_string();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
@@ -370,15 +413,18 @@ impl Controller {
         config.registry = self.config.registry.clone();
         let previous = std::mem::replace(&mut self.config, config);
         let config = &self.config;
-        let dropped = self.registrations.retain(|(service, addr), registered| {
-            config
-                .service(service)
-                .is_some_and(|s| registered || s.endpoints.iter().any(|e| e.addr == *addr))
-        });
+        // Registrations and drains live as long as their service.
+        let dropped = self
+            .sources
+            .registrations
+            .retain(|(service, _), _| config.service(service).is_some());
         for (service, addr) in dropped {
             log::warn!(
                 "registry: {service} {addr} dropped: service {service} left the config file"
             );
+        }
+        if let Some(discovery) = &self.discovery {
+            discovery.reconfigure(config);
         }
         let changes = if plan.is_empty() {
             "no listener changes".to_string()
@@ -415,7 +461,7 @@ impl Controller {
     }
 
     fn reject(&self, why: String) -> String {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_failure();
         let message = format!("{why}; keeping the previous configuration");
         log::error!("reload rejected: {message}");
         message
@@ -444,192 +490,6 @@ impl Controller {
             );
         }
     }
-
-    /// The service named `name` in the published table, or an error reply
-    /// that lists the known ones.
-    fn service(&self, name: &str) -> Result<Arc<Service>, Value> {
-        let table = self.proxy.table().load();
-        table.services.get(name).cloned().ok_or_else(|| {
-            let known: Vec<&String> = table.services.keys().collect();
-            error(format!(
-                "unknown service `{}`; known services: {}",
-                name.escape_debug(),
-                if known.is_empty() {
-                    "none (add one to the config file)".to_string()
-                } else {
-                    known
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            ))
-        })
-    }
-
-    /// Whether the config file declares `addr` for `service`: the
-    /// published service's member at `addr` comes from the file (O(1); the
-    /// file's endpoints change only by a reload, which publishes at once).
-    fn declared_in_file(service: &Service, addr: SocketAddr) -> bool {
-        service
-            .member(addr)
-            .is_some_and(|m| m.source == Source::File)
-    }
-
-    fn registry(&mut self, request: Request) -> Answer {
-        let reply = match request {
-            Request::Register {
-                service,
-                addr,
-                weight,
-                ttl,
-            } => self.register(service, addr, weight, ttl),
-            Request::Deregister { service, addr } => self.deregister(service, addr),
-            Request::Drain { service, addr } => self.drain(service, addr).map(Answer::Now),
-            Request::Undrain { service, addr } => self.undrain(service, addr).map(Answer::Now),
-            Request::List { service } => self.list(service.as_deref()).map(Answer::Now),
-            Request::Reload => Ok(Answer::Now(match self.reload(true) {
-                Ok(message) => json!({"ok": true, "applied": true, "message": message}),
-                Err(error) => json!({"ok": false, "applied": false, "error": error}),
-            })),
-            Request::Help => Ok(Answer::Now(json!({"ok": true, "help": HELP}))),
-        };
-        reply.unwrap_or_else(Answer::Now)
-    }
-
-    /// Records a registration; the reply goes out once the batch is
-    /// published (a heartbeat that changes nothing publishes nothing).
-    fn register(
-        &mut self,
-        service: String,
-        addr: SocketAddr,
-        weight: u32,
-        ttl: Option<Duration>,
-    ) -> Result<Answer, Value> {
-        let current = self.service(&service)?;
-        if Self::declared_in_file(&current, addr) {
-            return Err(error(format!(
-                "{addr} is declared for service {service} in {}; edit the file to change it",
-                self.path.display()
-            )));
-        }
-        // The same rules as the file's endpoints.
-        if let Some(why) = crate::config::unusable_endpoint(addr) {
-            return Err(error(format!(
-                "{addr} cannot be an endpoint: {why}; register the address the instance listens on"
-            )));
-        }
-        if let Some(listener) = crate::config::looping_listener(addr, &self.config.listeners) {
-            return Err(error(format!(
-                "{addr} is l4mesh's own listener {} ({}): traffic would loop back into l4mesh; \
-                 register the instance's own address",
-                listener.name, listener.listen
-            )));
-        }
-        let key: EndpointKey = (service.clone(), addr);
-        let registered = self
-            .registrations
-            .register(key, weight, ttl, Instant::now());
-        let new = registered == Registered::New;
-        if new {
-            log::info!("registry: registered {service} {addr} weight={weight} ttl={ttl:?}");
-        }
-        Ok(Answer::AfterPublish {
-            value: json!({
-                "ok": true, "service": service, "addr": addr.to_string(), "weight": weight,
-                "ttl_ms": ttl.map(|t| t.as_millis() as u64), "new": new,
-            }),
-            // A heartbeat moves only the expiry, which the table does not
-            // hold: publishing would rebuild it and wake the health thread
-            // for nothing.
-            publish: registered != Registered::Refreshed,
-        })
-    }
-
-    fn deregister(&mut self, service: String, addr: SocketAddr) -> Result<Answer, Value> {
-        let current = self.service(&service)?;
-        if Self::declared_in_file(&current, addr) {
-            return Err(error(format!(
-                "{addr} is declared for service {service} in {}; edit the file to remove it",
-                self.path.display()
-            )));
-        }
-        if !self.registrations.deregister(&(service.clone(), addr)) {
-            return Err(error(format!(
-                "{addr} is not registered for service {service}; `list {service}` shows its endpoints"
-            )));
-        }
-        log::info!("registry: deregistered {service} {addr}");
-        Ok(Answer::AfterPublish {
-            value: json!({"ok": true, "service": service, "addr": addr.to_string()}),
-            publish: true,
-        })
-    }
-
-    fn drain(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
-        let current = self.service(&service)?;
-        let Some(member) = current.member(addr) else {
-            return Err(error(format!(
-                "{addr} is not an endpoint of service {service}; `list {service}` shows its endpoints"
-            )));
-        };
-        let active = member.endpoint.active();
-        self.registrations.drain((service.clone(), addr));
-        let generation = self.publish();
-        log::info!("registry: draining {service} {addr} ({active} open connection(s) continue)");
-        Ok(json!({
-            "ok": true, "service": service, "addr": addr.to_string(),
-            "active": active, "generation": generation,
-        }))
-    }
-
-    fn undrain(&mut self, service: String, addr: SocketAddr) -> Result<Value, Value> {
-        let current = self.service(&service)?;
-        if current.member(addr).is_none() {
-            return Err(error(format!(
-                "{addr} is not an endpoint of service {service}; `list {service}` shows its endpoints"
-            )));
-        }
-        if !self.registrations.undrain(&(service.clone(), addr)) {
-            return Err(error(format!(
-                "{addr} of service {service} is not draining; nothing to undo"
-            )));
-        }
-        let generation = self.publish();
-        log::info!("registry: undrained {service} {addr}; new connections reach it again");
-        Ok(json!({
-            "ok": true, "service": service, "addr": addr.to_string(), "generation": generation,
-        }))
-    }
-
-    fn list(&self, only: Option<&str>) -> Result<Value, Value> {
-        if let Some(name) = only {
-            self.service(name)?;
-        }
-        let table = self.proxy.table().load();
-        let now = Instant::now();
-        let mut endpoints = Vec::new();
-        for (name, service) in &table.services {
-            if only.is_some_and(|o| o != name) {
-                continue;
-            }
-            for member in &service.members {
-                let addr = member.endpoint.addr;
-                let ttl = self
-                    .registrations
-                    .get(&(name.clone(), addr))
-                    .and_then(|r| r.expires)
-                    .map(|at| at.saturating_duration_since(now).as_millis() as u64);
-                endpoints.push(json!({
-                    "service": name, "addr": addr.to_string(), "weight": member.weight,
-                    "source": member.source.name(),
-                    "state": member.state().label(),
-                    "active": member.endpoint.active(), "ttl_remaining_ms": ttl,
-                }));
-            }
-        }
-        Ok(json!({"ok": true, "generation": table.generation, "endpoints": endpoints}))
-    }
 }
 
 /// `next` plus the listeners of `previous` named in `retiring`, and the
@@ -649,10 +509,6 @@ fn bridge_config(next: &Config, previous: &Config, retiring: &[String]) -> Confi
         bridge.listeners.push(listener.clone());
     }
     bridge
-}
-
-fn error(message: String) -> Value {
-    json!({"ok": false, "error": message})
 }
 
 #[cfg(test)]

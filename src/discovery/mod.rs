@@ -1,14 +1,17 @@
-//! Discovery sources beyond the config file and the registry socket: etcd
-//! ([`etcd`]) and DNS SRV ([`dns`]). Each reports "the endpoints of service
-//! S from source X" as an [`Update`] through a [`Feed`]; the controller
-//! merges every source into one snapshot.
+//! Discovery sources, one module each: the config file's watch
+//! ([`file_watch`]), the registry socket ([`registry`]), etcd ([`etcd`]) and
+//! DNS SRV ([`dns`]). The fleet sources report "the endpoints of service S
+//! from source X" as an [`Update`] through a [`Feed`]; the controller merges
+//! every source into one snapshot (`crate::routing::Snapshot::build`).
 //!
-//! Both run as tasks of one `l4mesh-discovery` thread with its own small
+//! etcd and DNS run as tasks of one `l4mesh-discovery` thread with its own small
 //! tokio runtime, never on a worker. A source that cannot be reached keeps
 //! its last endpoints: it sends nothing until it has a new complete view.
 
 pub mod dns;
 pub mod etcd;
+pub mod file_watch;
+pub mod registry;
 
 use crate::config::{Config, EtcdConfig};
 use crate::metrics::DiscoveryStats;

@@ -18,10 +18,11 @@
 //! until its timeout.
 
 use super::probe::probe;
-use super::threshold::{Tally, Thresholds, Verdict};
-use super::{monotonic_ms, schedule};
+use super::schedule;
 use crate::config::HealthConfig;
-use crate::control::{Endpoint, Snapshot, Table};
+use crate::routing::health::threshold::{Tally, Thresholds, Verdict};
+use crate::routing::health::{EJECTIONS, monotonic_ms};
+use crate::routing::{Endpoint, Snapshot, Table};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
@@ -87,7 +88,7 @@ async fn supervise(
     loop {
         // Registered before the table is read, so an ejection made after
         // the read still ends this wait.
-        let ejected = super::EJECTIONS.notified();
+        let ejected = EJECTIONS.notified();
         tokio::pin!(ejected);
         ejected.as_mut().enable();
         let snapshot = table.load_full();
@@ -278,7 +279,7 @@ fn readmit(snapshot: &Snapshot, now_ms: u64) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::control::Registrations;
+    use crate::routing::ConfigOnly;
     use arc_swap::ArcSwap;
     use std::path::Path;
 
@@ -288,7 +289,7 @@ mod tests {
              endpoints = [{{ addr = \"127.0.0.1:9\" }}, {{ addr = \"127.0.0.1:10\" }}]\n{outlier}"
         );
         let config = Config::parse(&text, Path::new("t.toml")).unwrap();
-        Snapshot::build(&config, &Registrations::default(), previous)
+        Snapshot::build(&config, &ConfigOnly, previous)
     }
 
     /// A connection keeps the table it started with and may eject through

@@ -1,42 +1,11 @@
-//! Endpoint health: active probes, passive outlier ejection and the panic
-//! decision.
-//!
-//! The decisions are pure and clock-free, one file each, tested without a
-//! runtime: [`threshold`] (probe results → up/down), [`outlier`] (failure
-//! streaks → ejections and their length, `max_ejection_percent`),
-//! [`panic`] (when to ignore health) and [`schedule`] (when probes run).
-//! [`state`] holds the live state as atomics inside each `Endpoint`, read by
-//! the workers' balancers. [`probe`] and [`checker`] are the I/O: one
-//! `l4mesh-health` thread with its own small tokio runtime runs every
-//! probe, off the workers' forwarding path, and ends ejections when due.
+//! Active health checks: the I/O that feeds the routing model's endpoint
+//! health ([`crate::routing::health`]). [`schedule`] decides when probes
+//! run; [`probe`] and [`checker`] are the I/O: one `l4mesh-health` thread
+//! with its own small tokio runtime runs every probe, off the workers'
+//! forwarding path, and ends ejections when due.
 
 pub mod checker;
-pub mod outlier;
-pub mod panic;
 pub mod probe;
 pub mod schedule;
-pub mod state;
-pub mod threshold;
 
 pub use checker::Checker;
-pub use state::{Ejection, EndpointHealth, ServiceHealth};
-pub use threshold::{Tally, Thresholds, Verdict};
-
-use std::sync::OnceLock;
-use std::time::Instant;
-use tokio::sync::Notify;
-
-/// Woken (every waiter) whenever an endpoint is ejected, so the health
-/// threads schedule its end. Workers may eject through a table that is no
-/// longer published (a connection keeps the one it started with), so the
-/// current table alone cannot tell the health thread when to look.
-/// Process-wide: with several proxies in one process a wake-up meant for
-/// another only makes a health thread look once for nothing.
-pub static EJECTIONS: Notify = Notify::const_new();
-
-/// Milliseconds on a process-wide monotonic clock: the time base of
-/// ejections (a `u64` fits in an atomic, an `Instant` does not).
-pub fn monotonic_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}

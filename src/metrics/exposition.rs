@@ -9,11 +9,11 @@
 //! tests.
 
 use super::access_log::AccessLog;
-use super::counters::{CONNECT_BUCKETS, DURATION_BUCKETS, Histogram, PerWorker};
 use super::names::*;
 use super::process::ProcessStats;
-use super::stats::{FailureReason, ResetCause};
-use crate::control::{EndpointState, ReloadStats, Snapshot};
+use super::{DiscoveryStats, ReloadStats};
+use crate::routing::{CONNECT_BUCKETS, DURATION_BUCKETS, Histogram, PerWorker};
+use crate::routing::{EndpointState, FailureReason, ResetCause, Snapshot};
 use std::fmt::Write;
 
 /// Writes one metric family at a time.
@@ -87,6 +87,10 @@ pub struct Sources<'a> {
     pub reloads: &'a ReloadStats,
     /// The access log, if on.
     pub access_log: Option<&'a AccessLog>,
+    /// The discovery sources' state.
+    pub discovery: &'a DiscoveryStats,
+    /// Seconds accept has been paused at the descriptor budget.
+    pub accept_paused_seconds: f64,
 }
 
 /// Renders every metric.
@@ -317,6 +321,39 @@ fn services(w: &mut Writer, snapshot: &Snapshot) {
     }
 }
 
+/// `l4mesh_discovery_*`, one series per source (`etcd`, `dns:SERVICE`).
+fn discovery(w: &mut Writer, stats: &DiscoveryStats) {
+    let all = stats.all();
+    w.family(
+        DISCOVERY_UP,
+        "gauge",
+        "Whether the discovery source answered at its last attempt.",
+    );
+    for (name, s) in &all {
+        w.sample(DISCOVERY_UP, &[("source", name)], u64::from(s.is_up()));
+    }
+    w.family(
+        DISCOVERY_LAST_SYNC,
+        "gauge",
+        "Unix time the discovery source last delivered a complete, current view (0: never).",
+    );
+    for (name, s) in &all {
+        w.sample(
+            DISCOVERY_LAST_SYNC,
+            &[("source", name)],
+            s.last_sync_seconds(),
+        );
+    }
+    w.family(
+        DISCOVERY_ERRORS_TOTAL,
+        "counter",
+        "Failed attempts to reach the discovery source; its last endpoints keep serving.",
+    );
+    for (name, s) in &all {
+        w.sample(DISCOVERY_ERRORS_TOTAL, &[("source", name)], s.errors());
+    }
+}
+
 fn control(w: &mut Writer, sources: &Sources<'_>) {
     w.family(
         CONFIG_RELOADS_TOTAL,
@@ -358,8 +395,9 @@ fn control(w: &mut Writer, sources: &Sources<'_>) {
     w.sample(
         ACCEPT_PAUSED_SECONDS_TOTAL,
         &[],
-        crate::runtime::accept_paused_seconds(),
+        sources.accept_paused_seconds,
     );
+    discovery(w, sources.discovery);
     if let Some(log) = sources.access_log {
         w.family(
             ACCESS_LOG_DROPPED_TOTAL,

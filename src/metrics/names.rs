@@ -22,6 +22,12 @@ pub const NO_ENDPOINT_TOTAL: &str = "l4mesh_no_endpoint_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "l4mesh_config_reloads_total";
 /// When the config was last loaded successfully.
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "l4mesh_config_last_reload_success_timestamp_seconds";
+/// Whether a discovery source answered at its last attempt (1) or not (0).
+pub const DISCOVERY_UP: &str = "l4mesh_discovery_up";
+/// When a discovery source last delivered a complete, current view.
+pub const DISCOVERY_LAST_SYNC: &str = "l4mesh_discovery_last_sync_timestamp_seconds";
+/// A discovery source's failed attempts (unreachable, timeout, refused).
+pub const DISCOVERY_ERRORS_TOTAL: &str = "l4mesh_discovery_errors_total";
 /// The routing table's generation.
 pub const CONFIG_GENERATION: &str = "l4mesh_config_generation";
 /// Endpoints per service and state.

@@ -10,9 +10,9 @@
 //! aborts the handshake at once. The splice path keeps the socket there; the
 //! copy path hands it to tokio-uring ([`into_uring`]).
 
-use crate::control::{ActiveGuard, Endpoint, Outlier, Service};
-use crate::health::monotonic_ms;
-use crate::metrics::{CONNECT_BUCKETS, FailureReason};
+use crate::routing::health::monotonic_ms;
+use crate::routing::{ActiveGuard, Endpoint, Outlier, Service};
+use crate::routing::{CONNECT_BUCKETS, FailureReason};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;

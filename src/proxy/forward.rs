@@ -21,7 +21,7 @@
 
 use super::buffers::BufferPool;
 use super::tcp_state::{Flow, Pair, borrow_uring};
-use crate::metrics::Counter;
+use crate::routing::Counter;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;

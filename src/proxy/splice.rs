@@ -22,8 +22,8 @@
 use super::buffers::BufferPool;
 use super::forward::{Direction, Meters, Outcome, Shared, drive};
 use super::tcp_state::Pair;
-use crate::metrics::Counter;
-use crate::runtime::RESOURCE_ERRORS;
+use crate::log_limit::RESOURCE_ERRORS;
+use crate::routing::Counter;
 use rustix::net::{RecvFlags, recv};
 use rustix::param::page_size;
 use rustix::pipe::{

@@ -17,7 +17,7 @@
 //! rather than spinning on an error that cannot clear by itself.
 
 use super::budget::{Budget, Slot};
-use super::log_limit::RESOURCE_ERRORS;
+use crate::log_limit::RESOURCE_ERRORS;
 use crate::proxy::listener::readiness;
 use crate::proxy::session::{self, Client, WorkerState};
 use rustix::net::{SocketFlags, acceptfrom_with};

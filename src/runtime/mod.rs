@@ -5,19 +5,17 @@ mod accept;
 mod affinity;
 mod budget;
 mod listeners;
-mod log_limit;
 mod port_check;
 mod worker;
 
 pub use budget::accept_paused_seconds;
 pub use listeners::{ListenerChange, ListenerPlan, Listeners};
-pub use log_limit::{LogLimit, RESOURCE_ERRORS};
 
 use crate::config::{Config, ListenerConfig};
-use crate::control::{Registrations, Snapshot, Table};
 use crate::health::Checker;
 use crate::metrics::ProcessStats;
 use crate::metrics::access_log::AccessLog;
+use crate::routing::{ConfigOnly, Snapshot, Table};
 use arc_swap::ArcSwap;
 use budget::{Budget, Sizing};
 use listeners::BoundAddrs;
@@ -214,7 +212,7 @@ impl Proxy {
         let mut listeners = Listeners::new(senders, config.runtime.backlog);
         let plan = listeners.prepare(&config.listeners)?;
         listeners.commit(plan);
-        let snapshot = Snapshot::build(config, &Registrations::default(), None);
+        let snapshot = Snapshot::build(config, &ConfigOnly, None);
         let (published, published_rx) = watch::channel(snapshot.generation);
         let table: Table = Arc::new(ArcSwap::from_pointee(snapshot));
         let (stop_tx, stop_rx) = watch::channel(false);

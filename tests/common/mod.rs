@@ -2,6 +2,8 @@
 //! real binary, and polling against deadlines instead of sleeping.
 #![allow(dead_code)] // each test file uses part of the harness
 
+pub mod dnsmasq;
+
 use l4mesh::{Config, Proxy};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -582,7 +584,7 @@ impl Drop for Switchable {
 
 /// The state (`up`, `down`, `ejected`, `draining`) of the endpoint at `addr`
 /// of `service` in the current table.
-pub fn member_state(table: &l4mesh::control::Table, service: &str, addr: SocketAddr) -> String {
+pub fn member_state(table: &l4mesh::routing::Table, service: &str, addr: SocketAddr) -> String {
     let snapshot = table.load();
     let member = snapshot.services[service].member(addr).unwrap();
     member.state().label().to_string()

@@ -2,7 +2,7 @@
 //! and `list` against etcd instead of a registry socket.
 
 use super::register::{self, Registration};
-use crate::config::{EtcdConfig, MAX_WEIGHT, parse_duration, unusable_endpoint};
+use crate::config::{EtcdConfig, MAX_WEIGHT, is_valid_name, parse_duration, unusable_endpoint};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
@@ -95,8 +95,10 @@ fn registration(
         zone: None,
         ttl: ttl.unwrap_or(Duration::from_secs(10)),
     };
-    if service.is_empty() || service.contains('/') {
-        return Err(format!("{service:?} is not a service name"));
+    if !is_valid_name(service) {
+        return Err(format!(
+            "{service:?} is not a service name (letters, digits, `_`, `.` and `-`)"
+        ));
     }
     for option in options {
         match option.split_once('=') {

@@ -2,8 +2,7 @@
 //! told to stop (then the lease is revoked, so the key leaves at once),
 //! deregister one, or list what etcd holds.
 
-use super::client::Backoff;
-use super::{connect, schema, within};
+use super::{connect, schema};
 use crate::config::EtcdConfig;
 use etcd_client::{Client, GetOptions, PutOptions};
 use std::future::Future;
@@ -35,7 +34,7 @@ pub async fn register(
 ) -> Result<(), String> {
     let mut stop = pin!(stop);
     let key = schema::key(&config.prefix, &reg.service, reg.addr);
-    let value = schema::value(reg.weight, reg.zone.as_deref());
+    let value = value(reg.weight, reg.zone.as_deref());
     let ttl = reg.ttl.as_secs().max(1) as i64;
     let mut backoff = Backoff::new();
     let mut registered_once = false;
@@ -116,6 +115,54 @@ async fn hold(
     }
 }
 
+/// The value stored for an endpoint.
+fn value(weight: u32, zone: Option<&str>) -> String {
+    let mut v = serde_json::json!({ "weight": weight });
+    if let Some(zone) = zone {
+        v["zone"] = serde_json::Value::from(zone);
+    }
+    v.to_string()
+}
+
+/// Runs an etcd call that may wait forever for a member when none is up.
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// Capped exponential backoff with jitter: 100 ms doubling to 5 s, each
+/// wait a random point between half and all of the current step.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    fn new() -> Backoff {
+        Backoff { step: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.step = Self::FIRST;
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(Self::CAP);
+        let half = step / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
 /// Deletes `service`'s endpoint `addr`; says whether it was there.
 pub async fn deregister(
     config: &EtcdConfig,
@@ -134,7 +181,10 @@ pub async fn deregister(
 /// each: `SERVICE ADDR weight=N [zone=Z] [lease=ID]`, or why a key is bad.
 pub async fn list(config: &EtcdConfig, service: Option<&str>) -> Result<Vec<String>, String> {
     let mut client = connect(config).await?;
-    let prefix = schema::services_prefix(&config.prefix, service);
+    let prefix = match service {
+        Some(s) => format!("{}services/{s}/endpoints/", config.prefix),
+        None => format!("{}services/", config.prefix),
+    };
     let r = within(
         config.dial_timeout,
         client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
@@ -144,12 +194,14 @@ pub async fn list(config: &EtcdConfig, service: Option<&str>) -> Result<Vec<Stri
     Ok(r.kvs()
         .iter()
         .map(|kv| {
-            let parsed = schema::parse_key(&config.prefix, kv.key())
-                .and_then(|(s, a)| schema::parse_value(kv.value()).map(|e| (s, a, e)));
+            let parsed = schema::parse_key(&config.prefix, kv.key()).and_then(|k| {
+                let k = k.ok_or("not an endpoint key")?;
+                schema::parse_value(k.addr, kv.value()).map(|(d, zone)| (k.service, d, zone))
+            });
             match parsed {
-                Ok((s, a, e)) => {
-                    let mut line = format!("{s} {a} weight={}", e.weight);
-                    if let Some(z) = e.zone {
+                Ok((s, d, zone)) => {
+                    let mut line = format!("{s} {} weight={}", d.addr, d.weight);
+                    if let Some(z) = zone {
                         line.push_str(&format!(" zone={z}"));
                     }
                     if kv.lease() != 0 {

@@ -1,124 +1,169 @@
-//! The etcd key schema: `PREFIX/services/SERVICE/endpoints/ADDR` with a JSON
-//! value `{"weight": N, "zone": "..."}` (both optional; unknown fields are
-//! ignored). Any etcd client can register by writing such a key.
+//! The etcd key schema: `PREFIX/services/SERVICE/endpoints/ADDR`, whose
+//! value is JSON `{"weight": N, "zone": "..."}` (both optional: weight 1 by
+//! default, 1 to 256; an empty value means the defaults; other fields are
+//! ignored, so registrants may add their own).
 
-use crate::config::{MAX_WEIGHT, unusable_endpoint};
+use crate::config::{MAX_WEIGHT, is_valid_name, unusable_endpoint};
+use crate::routing::Discovered;
+use serde::Deserialize;
 use std::net::SocketAddr;
 
-/// One endpoint as etcd holds it.
+/// One key that names an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Its share of new connections, 1 to [`MAX_WEIGHT`].
-    pub weight: u32,
-    /// The zone it says it is in (for listing and logs only).
-    pub zone: Option<String>,
+pub struct Key {
+    /// The service.
+    pub service: String,
+    /// The endpoint.
+    pub addr: SocketAddr,
 }
 
-/// The key of `service`'s endpoint `addr` under `prefix`.
+/// The value's fields l4mesh reads.
+#[derive(Debug, Deserialize)]
+struct Value {
+    #[serde(default)]
+    weight: Option<i64>,
+    #[serde(default)]
+    zone: Option<String>,
+}
+
+/// The key `prefix` + `services/SERVICE/endpoints/ADDR` for an endpoint.
 pub fn key(prefix: &str, service: &str, addr: SocketAddr) -> String {
     format!("{prefix}services/{service}/endpoints/{addr}")
 }
 
-/// The prefix of every endpoint of `service` (or of every service).
-pub fn services_prefix(prefix: &str, service: Option<&str>) -> String {
-    match service {
-        Some(s) => format!("{prefix}services/{s}/endpoints/"),
-        None => format!("{prefix}services/"),
-    }
-}
-
-/// The value to store for an endpoint.
-pub fn value(weight: u32, zone: Option<&str>) -> String {
-    let mut v = serde_json::json!({ "weight": weight });
-    if let Some(zone) = zone {
-        v["zone"] = serde_json::Value::from(zone);
-    }
-    v.to_string()
-}
-
-/// Splits a key into service and address, or says why it does not fit
-/// the schema.
-pub fn parse_key(prefix: &str, key: &[u8]) -> Result<(String, SocketAddr), String> {
-    let key = std::str::from_utf8(key).map_err(|_| "the key is not UTF-8".to_string())?;
-    let rest = key
+/// Parses a key under `prefix`; the error says why it is not an endpoint
+/// key. Keys outside `PREFIX/services/` are not l4mesh's: `Ok(None)`.
+pub fn parse_key(prefix: &str, key: &[u8]) -> Result<Option<Key>, String> {
+    let Ok(key) = std::str::from_utf8(key) else {
+        return Err("the key is not UTF-8".into());
+    };
+    let Some(rest) = key
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix("services/"))
-        .ok_or_else(|| format!("the key is not under {prefix}services/"))?;
-    let (service, addr) = rest
-        .split_once("/endpoints/")
-        .ok_or("the key is not of the form PREFIX/services/SERVICE/endpoints/ADDR")?;
-    if service.is_empty() || service.contains('/') {
-        return Err(format!("{service:?} is not a service name"));
+    else {
+        return Ok(None);
+    };
+    let mut parts = rest.splitn(3, '/');
+    let (Some(service), Some("endpoints"), Some(addr)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!(
+            "not {prefix}services/SERVICE/endpoints/ADDR (ADDR as IP:port, [v6]:port for IPv6)"
+        ));
+    };
+    if !is_valid_name(service) {
+        return Err(format!(
+            "service `{}` is not a name of letters, digits, `_`, `.` and `-`",
+            service.escape_debug()
+        ));
     }
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IP:PORT address"))?;
-    if let Some(why) = unusable_endpoint(addr) {
-        return Err(format!("{addr} is no endpoint: {why}"));
-    }
+    let addr: SocketAddr = addr.parse().map_err(|_| {
+        format!(
+            "`{}` is not an IP:port address (host names are not resolved)",
+            addr.escape_debug()
+        )
+    })?;
     if addr.port() == 0 {
-        return Err(format!("{addr} has port 0"));
+        return Err("port 0 cannot be connected to".into());
     }
-    Ok((service.to_string(), addr))
+    if let Some(why) = unusable_endpoint(addr) {
+        return Err(why.to_string());
+    }
+    Ok(Some(Key {
+        service: service.to_string(),
+        addr,
+    }))
 }
 
-/// Parses a value, or says why it does not fit the schema.
-pub fn parse_value(value: &[u8]) -> Result<Entry, String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(value).map_err(|e| format!("the value is not JSON: {e}"))?;
-    let object = json
-        .as_object()
-        .ok_or("the value is not a JSON object like {\"weight\": 1}")?;
-    let weight = match object.get("weight") {
-        None => 1,
-        Some(w) => match w.as_u64() {
-            Some(n) if (1..=u64::from(MAX_WEIGHT)).contains(&n) => n as u32,
-            _ => {
-                return Err(format!(
-                    "weight {w} is not a whole number from 1 to {MAX_WEIGHT}"
-                ));
-            }
+/// Parses an endpoint's value into what the routing table takes.
+pub fn parse_value(addr: SocketAddr, value: &[u8]) -> Result<(Discovered, Option<String>), String> {
+    let parsed = if value.iter().all(u8::is_ascii_whitespace) {
+        Value {
+            weight: None,
+            zone: None,
+        }
+    } else {
+        serde_json::from_slice::<Value>(value)
+            .map_err(|e| format!("the value is not JSON like {{\"weight\": 2}}: {e}"))?
+    };
+    let weight = parsed.weight.unwrap_or(1);
+    if !(1..=i64::from(MAX_WEIGHT)).contains(&weight) {
+        return Err(format!("weight {weight} is not from 1 to {MAX_WEIGHT}"));
+    }
+    Ok((
+        Discovered {
+            addr,
+            weight: weight as u32,
+            tier: 0,
         },
-    };
-    let zone = match object.get("zone") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(z)) => Some(z.clone()),
-        Some(z) => return Err(format!("zone {z} is not a string")),
-    };
-    Ok(Entry { weight, zone })
+        parsed.zone,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const P: &str = "/l4mesh/";
+
     #[test]
-    fn keys_and_values() {
-        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let k = key("/l4mesh/", "web", addr);
-        assert_eq!(k, "/l4mesh/services/web/endpoints/127.0.0.1:80");
+    fn it_should_read_endpoint_keys_and_ignore_other_keys() {
+        let k = parse_key(P, b"/l4mesh/services/web/endpoints/127.0.0.1:9001").unwrap();
         assert_eq!(
-            parse_key("/l4mesh/", k.as_bytes()),
-            Ok(("web".into(), addr))
-        );
-        assert!(parse_key("/l4mesh/", b"/l4mesh/services/web/endpoints/0.0.0.0:80").is_err());
-        assert!(parse_key("/l4mesh/", b"/l4mesh/services/web/endpoints/nope").is_err());
-        assert!(parse_key("/l4mesh/", b"/l4mesh/other/web").is_err());
-        let v = value(3, Some("a"));
-        assert_eq!(
-            parse_value(v.as_bytes()),
-            Ok(Entry {
-                weight: 3,
-                zone: Some("a".into())
+            k,
+            Some(Key {
+                service: "web".into(),
+                addr: "127.0.0.1:9001".parse().unwrap()
             })
         );
-        assert_eq!(parse_value(b"{}").map(|e| e.weight), Ok(1));
+        let v6 = parse_key(P, b"/l4mesh/services/web/endpoints/[::1]:80").unwrap();
+        assert_eq!(v6.unwrap().addr, "[::1]:80".parse().unwrap());
+        assert_eq!(parse_key(P, b"/l4mesh/locks/x").unwrap(), None);
         assert_eq!(
-            parse_value(b"{\"weight\":2,\"x\":1}").map(|e| e.weight),
-            Ok(2)
+            key(P, "web", "[::1]:80".parse().unwrap()),
+            "/l4mesh/services/web/endpoints/[::1]:80"
         );
-        assert!(parse_value(b"{\"weight\":0}").is_err());
-        assert!(parse_value(b"{\"weight\":257}").is_err());
-        assert!(parse_value(b"nope").is_err());
+    }
+
+    #[test]
+    fn it_should_say_why_a_key_is_not_an_endpoint() {
+        for (key, why) in [
+            (
+                "/l4mesh/services/web",
+                "not /l4mesh/services/SERVICE/endpoints/ADDR",
+            ),
+            (
+                "/l4mesh/services/web/backends/1.2.3.4:1",
+                "not /l4mesh/services",
+            ),
+            ("/l4mesh/services/we b/endpoints/1.2.3.4:1", "is not a name"),
+            (
+                "/l4mesh/services/web/endpoints/db.internal:5432",
+                "not an IP:port",
+            ),
+            ("/l4mesh/services/web/endpoints/1.2.3.4:0", "port 0"),
+            ("/l4mesh/services/web/endpoints/0.0.0.0:80", "wildcard"),
+        ] {
+            let err = parse_key(P, key.as_bytes()).unwrap_err();
+            assert!(err.contains(why), "{key}: {err}");
+        }
+        assert!(parse_key(P, b"/l4mesh/services/\xff/endpoints/1.2.3.4:1").is_err());
+    }
+
+    #[test]
+    fn it_should_read_weight_and_zone_and_refuse_bad_values() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let (d, zone) = parse_value(addr, br#"{"weight": 7, "zone": "a", "extra": 1}"#).unwrap();
+        assert_eq!((d.weight, d.tier, zone.as_deref()), (7, 0, Some("a")));
+        assert_eq!(parse_value(addr, b"").unwrap().0.weight, 1);
+        assert_eq!(parse_value(addr, b"{}").unwrap().0.weight, 1);
+        for (value, why) in [
+            (&br#"{"weight": 0}"#[..], "weight 0 is not from 1 to 256"),
+            (br#"{"weight": 257}"#, "weight 257"),
+            (br#"{"weight": "2"}"#, "not JSON like"),
+            (b"weight=2", "not JSON like"),
+        ] {
+            let err = parse_value(addr, value).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

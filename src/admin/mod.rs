@@ -4,13 +4,15 @@
 //! or malicious admin client cannot stall the proxy; how it keeps serving
 //! under silent and slow clients is the `http` module's business.
 
-use super::access_log::AccessLog;
-use super::exposition::{self, Sources};
-use super::http::{self, Limits, Response};
-use super::process::ProcessStats;
-use crate::control::{ReloadStats, Snapshot};
-use crate::health::monotonic_ms;
+mod http;
+
+use crate::metrics::access_log::AccessLog;
+use crate::metrics::exposition::{self, Sources};
+use crate::metrics::{DiscoveryStats, ProcessStats, ReloadStats};
+use crate::routing::Snapshot;
+use crate::routing::health::monotonic_ms;
 use crate::runtime::ProxyControl;
+use http::{Limits, Response};
 use serde_json::{Value, json};
 use socket2::{Domain, Socket, Type};
 use std::io;
@@ -26,6 +28,8 @@ pub struct AdminState {
     pub reloads: Arc<ReloadStats>,
     /// The access log, if on.
     pub access_log: Option<AccessLog>,
+    /// The discovery sources' state.
+    pub discovery: Arc<DiscoveryStats>,
 }
 
 /// The admin listener; it serves until the process exits.
@@ -93,6 +97,8 @@ fn route(state: &AdminState, method: &str, path: &str) -> Response {
                 snapshot: &table,
                 reloads: &state.reloads,
                 access_log: state.access_log.as_ref(),
+                discovery: &state.discovery,
+                accept_paused_seconds: crate::runtime::accept_paused_seconds(),
             }),
             headers: Vec::new(),
         },

@@ -7,7 +7,7 @@
 
 use super::outlier;
 use super::threshold::Verdict;
-use crate::runtime::LogLimit;
+use crate::log_limit::LogLimit;
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};

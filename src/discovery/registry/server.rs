@@ -15,7 +15,7 @@
 //! controller from a small pool of blocking threads, since the controller
 //! answers one at a time anyway.
 
-use super::controller::ControlHandle;
+use super::Handler;
 use super::protocol::{self, MAX_LINE};
 use crate::accept_gate::{Seat, accept_gated};
 use crate::config::RegistryConfig;
@@ -85,8 +85,8 @@ pub struct RegistryServer {
 
 impl RegistryServer {
     /// Creates the socket (replacing a stale one), sets its mode and starts
-    /// serving requests against `control`.
-    pub fn start(config: &RegistryConfig, control: ControlHandle) -> Result<Self, RegistryError> {
+    /// handing each request to `control` (the controller) for its reply.
+    pub fn start(config: &RegistryConfig, control: Handler) -> Result<Self, RegistryError> {
         let path = config.socket.clone();
         let create = |source| RegistryError::Create {
             path: path.clone(),
@@ -212,7 +212,7 @@ fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::Unix
 
 /// Accepts clients until the task is dropped; each is served on its own
 /// task while fewer than [`MAX_CLIENTS`] are.
-async fn accept(listener: UnixListener, control: ControlHandle) {
+async fn accept(listener: UnixListener, control: Handler) {
     let serve = |(stream, _), seat: Seat| {
         let control = control.clone();
         tokio::spawn(async move {
@@ -250,7 +250,7 @@ async fn turn_away(stream: UnixStream) {
 /// Serves one client: a reply line per request line until EOF, an
 /// over-long line, or a line that does not arrive within
 /// [`REQUEST_DEADLINE`].
-async fn serve(stream: UnixStream, control: ControlHandle) -> io::Result<()> {
+async fn serve(stream: UnixStream, control: Handler) -> io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     loop {
@@ -287,7 +287,7 @@ async fn serve(stream: UnixStream, control: ControlHandle) -> io::Result<()> {
             Ok(text) => match protocol::parse(text) {
                 Ok(request) => {
                     let control = control.clone();
-                    tokio::task::spawn_blocking(move || control.registry(request))
+                    tokio::task::spawn_blocking(move || control(request))
                         .await
                         .unwrap_or_else(|_| json!({"ok": false, "error": "l4mesh is stopping"}))
                 }
@@ -419,7 +419,7 @@ mod tests {
             socket: dir.join("r.sock"),
             mode: 0o640,
         };
-        let (control, _commands) = ControlHandle::channel();
+        let control: Handler = std::sync::Arc::new(|_| serde_json::json!({ "ok": true }));
         let server = RegistryServer::start(&config, control).unwrap();
         let mode = std::fs::metadata(server.path())
             .unwrap()

@@ -13,7 +13,6 @@
 //! log, say) wakes nothing. Where inotify is unavailable, or the directory
 //! goes away, the file is read every 500 ms and compared.
 
-use super::controller::ControlHandle;
 use crossbeam_channel::Sender;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use std::io;
@@ -60,8 +59,11 @@ impl Drop for ConfigWatcher {
 
 impl ConfigWatcher {
     /// Starts watching the directory of `path`; changes become reload
-    /// requests on `control`.
-    pub fn start(path: &Path, control: ControlHandle) -> Result<ConfigWatcher, WatchError> {
+    /// requests by calling `reload`.
+    pub fn start(
+        path: &Path,
+        reload: impl Fn() + Send + 'static,
+    ) -> Result<ConfigWatcher, WatchError> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -78,7 +80,7 @@ impl ConfigWatcher {
                 while debounced.recv().is_ok() {
                     let first = std::time::Instant::now();
                     while first.elapsed() < MAX_DELAY && debounced.recv_timeout(DEBOUNCE).is_ok() {}
-                    control.request_reload(false);
+                    reload();
                 }
             })
             .map_err(&fail)?;
