@@ -164,7 +164,10 @@ fn a(s: &str) -> SocketAddr {
 fn up_within(src: &Source, within: Duration) {
     let deadline = Instant::now() + within;
     while !src.status.is_up() {
-        assert!(Instant::now() < deadline, "the source not up within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the source not up within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -431,7 +434,7 @@ fn three_members_losing_the_one_in_use_misses_no_change() {
 
 /// `l4mesh ctl --etcd URL register ...`, running.
 fn register_helper(etcd: &Etcd, service: &str, addr: &str, ttl: &str) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+    Command::new(env!("CARGO_BIN_EXE_l4mesh"))
         .args(["ctl", "--etcd", &etcd.urls().join(",")])
         .args([
             "register", service, addr, "weight=3", "zone=z1", "--ttl", ttl,
@@ -439,8 +442,7 @@ fn register_helper(etcd: &Etcd, service: &str, addr: &str, ttl: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap();
-    child
+        .unwrap()
 }
 
 fn wait_for_key(kv: &mut Kv, key: &str, present: bool, within: Duration) -> Duration {
