@@ -542,3 +542,56 @@ fn ctl_etcd_list_and_deregister() {
     let (ok, _) = ctl(&["register", "web", "0.0.0.0:1"]);
     assert!(!ok, "a wildcard address is refused");
 }
+
+#[test]
+fn register_helper_registers_again_after_etcd_returns() {
+    let mut etcd = Etcd::start();
+    let mut kv = etcd.kv();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+        .args(["ctl", "--etcd", &etcd.url(0)])
+        .args(["register", "web", "127.0.0.1:9102", "--ttl", "2s"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("ctl: {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let k = key("web", "127.0.0.1:9102");
+    wait_for_key(&mut kv, &k, true, SOON);
+    etcd.kill(0);
+    // Down for longer than the TTL: the helper's keep-alives fail.
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("again with lease"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not registered again: {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The key outlives the old lease and leaves with the new one.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(kv.get(&k).is_some(), "the key left with the old lease");
+    signal(&child, "TERM");
+    wait_for_key(&mut kv, &k, false, Duration::from_secs(1));
+    assert!(child.wait().unwrap().success());
+}
