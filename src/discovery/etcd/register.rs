@@ -42,27 +42,41 @@ pub async fn register(
         let mut lease = None;
         let why = tokio::select! {
             why = hold(config, &key, &value, ttl, &mut lease, &mut registered_once) => why,
-            () = &mut stop => {
-                if let Some((mut client, id)) = lease {
-                    within(config.dial_timeout, client.lease_revoke(id)).await.map_err(|e| {
-                        format!("cannot revoke lease {id:x} of {key}: {e}; the key leaves when \
-                                 the lease expires in {ttl} s")
-                    })?;
-                    log::info!("revoked lease {id:x}: {key} removed");
-                }
-                return Ok(());
-            }
+            () = &mut stop => return revoke(config, lease, &key, ttl).await,
         };
         log::warn!("etcd registration of {key}: {why}; retrying");
         let wait = backoff.next_wait();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = &mut stop => return Ok(()),
+            // The lease may still be live if etcd answers again.
+            () = &mut stop => return revoke(config, lease, &key, ttl).await,
         }
         if lease.is_some() {
             backoff.reset();
         }
     }
+}
+
+/// Revokes the lease held, if any, so that the key leaves at once.
+async fn revoke(
+    config: &EtcdConfig,
+    lease: Option<(Client, i64)>,
+    key: &str,
+    ttl: i64,
+) -> Result<(), String> {
+    let Some((mut client, id)) = lease else {
+        return Ok(());
+    };
+    within(config.dial_timeout, client.lease_revoke(id))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot revoke lease {id:x} of {key}: {e}; the key leaves when the lease \
+                 expires (within {ttl} s)"
+            )
+        })?;
+    log::info!("revoked lease {id:x}: {key} removed");
+    Ok(())
 }
 
 /// Grants a lease, puts the key and keeps the lease alive; returns why it
