@@ -128,3 +128,25 @@ fn registration(
     }
     Ok(reg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_words() {
+        let r = registration("web", "127.0.0.1:80", &["weight=3", "zone=a"], None).unwrap();
+        assert_eq!((r.weight, r.zone.as_deref()), (3, Some("a")));
+        assert_eq!(r.ttl, Duration::from_secs(10));
+        let r = registration("web", "[::1]:80", &["ttl=2s"], Some(Duration::from_secs(5)));
+        assert_eq!(r.unwrap().ttl, Duration::from_secs(2));
+        assert!(registration("web", "127.0.0.1:80", &["weight=0"], None).is_err());
+        assert!(registration("web", "127.0.0.1:80", &["weight=257"], None).is_err());
+        assert!(registration("web", "127.0.0.1:80", &["color=red"], None).is_err());
+        assert!(registration("web", "0.0.0.0:80", &[], None).is_err());
+        assert!(registration("web", "nohost:80", &[], None).is_err());
+        assert!(registration("a/b", "127.0.0.1:80", &[], None).is_err());
+        let short = Some(Duration::from_millis(500));
+        assert!(registration("web", "127.0.0.1:80", &[], short).is_err());
+    }
+}
