@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use support_etcd::{Etcd, Gate, Kv};
+use support_etcd::{Etcd, Gate, Killed, Kv};
 
 const PREFIX: &str = "/l4mesh/";
 
@@ -433,16 +433,18 @@ fn three_members_losing_the_one_in_use_misses_no_change() {
 }
 
 /// `l4mesh ctl --etcd URL register ...`, running.
-fn register_helper(etcd: &Etcd, service: &str, addr: &str, ttl: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_l4mesh"))
-        .args(["ctl", "--etcd", &etcd.urls().join(",")])
-        .args([
-            "register", service, addr, "weight=3", "zone=z1", "--ttl", ttl,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+fn register_helper(etcd: &Etcd, service: &str, addr: &str, ttl: &str) -> Killed {
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+            .args(["ctl", "--etcd", &etcd.urls().join(",")])
+            .args([
+                "register", service, addr, "weight=3", "zone=z1", "--ttl", ttl,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn wait_for_key(kv: &mut Kv, key: &str, present: bool, within: Duration) -> Duration {
@@ -547,14 +549,16 @@ fn ctl_etcd_list_and_deregister() {
 fn register_helper_registers_again_after_etcd_returns() {
     let mut etcd = Etcd::start();
     let mut kv = etcd.kv();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
-        .args(["ctl", "--etcd", &etcd.url(0)])
-        .args(["register", "web", "127.0.0.1:9102", "--ttl", "2s"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+            .args(["ctl", "--etcd", &etcd.url(0)])
+            .args(["register", "web", "127.0.0.1:9102", "--ttl", "2s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let stderr = child.stderr.take().unwrap();
     let sink = Arc::clone(&lines);

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support_etcd::{Etcd, Gate};
+use support_etcd::{Etcd, Gate, Killed};
 
 fn key(addr: SocketAddr) -> String {
     format!("/l4mesh/services/web/endpoints/{addr}")
@@ -51,13 +51,15 @@ fn tags(addr: SocketAddr, n: usize) -> HashSet<u8> {
     (0..n).filter_map(|_| tag_of(addr)).collect()
 }
 
-fn register(etcd: &Etcd, addr: SocketAddr) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
-        .args(["ctl", "--etcd", &etcd.urls().join(",")])
-        .args(["register", "web", &addr.to_string(), "--ttl", "2s"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn register(etcd: &Etcd, addr: SocketAddr) -> Killed {
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+            .args(["ctl", "--etcd", &etcd.urls().join(",")])
+            .args(["register", "web", &addr.to_string(), "--ttl", "2s"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = [0u8; 10];
     child
         .stdout

@@ -361,3 +361,27 @@ fn relay(mut from: TcpStream, mut to: TcpStream) {
         let _ = from.shutdown(Shutdown::Both);
     });
 }
+
+/// A child process killed (and reaped) on drop, so that a failing test
+/// leaves no `l4mesh ctl register` helper behind.
+pub struct Killed(pub Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
