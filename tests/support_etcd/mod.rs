@@ -107,7 +107,6 @@ impl Etcd {
             .args(["--heartbeat-interval", "25", "--election-timeout", "250"])
             .args(["--snapshot-count", "10000", "--log-level", "warn"])
             .args(["--logger", "zap"])
-            .env("ETCD_UNSUPPORTED_ARCH", "")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
