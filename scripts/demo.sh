@@ -4,8 +4,13 @@
 # 127.0.0.1:9002), runs l4mesh on conf/demo.toml (127.0.0.1:8080, weights 1:3)
 # and sends requests through it to show the weighted split. Everything it
 # starts is stopped by PID on exit, including Ctrl-C.
+#
+# `scripts/demo.sh fleet` runs the etcd fleet demo instead
+# (scripts/demo-fleet.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == fleet ]]; then exec scripts/demo-fleet.sh; fi
+[[ $# -eq 0 ]] || { echo "usage: scripts/demo.sh [fleet]" >&2; exit 2; }
 
 REQUESTS=${REQUESTS:-20}
 PIDS=()
