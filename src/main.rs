@@ -4,8 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use l4mesh::discovery::etcd::ctl::{self as etcd_ctl, EtcdCtlError};
-use l4mesh::discovery::etcd::register;
+use l4mesh::discovery::etcd::ctl as etcd_ctl;
 use l4mesh::discovery::registry::ctl;
 use l4mesh::{Config, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -35,39 +34,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Send one request to a running l4mesh's registry socket, or, with
-    /// `--etcd`, register endpoints in etcd.
+    /// Send one request to a running l4mesh's registry socket, or to etcd.
     ///
-    /// Registry requests: register SERVICE ADDR [weight=N] [ttl=DURATION] |
-    /// deregister SERVICE ADDR | drain SERVICE ADDR | undrain SERVICE ADDR |
-    /// list [SERVICE] | reload | help.
-    /// Exits 0 if the registry answered ok, 1 otherwise.
-    ///
-    /// etcd requests (`--etcd URL[,URL...]`): register SERVICE ADDR
-    /// [weight=N] [zone=Z] [--ttl 10s] (puts the key under a lease and keeps
-    /// it alive until SIGTERM/SIGINT, which revoke it) | deregister SERVICE
+    /// Requests: register SERVICE ADDR [weight=N] [ttl=DURATION] | deregister
+    /// SERVICE ADDR | drain SERVICE ADDR | undrain SERVICE ADDR | list [SERVICE] |
+    /// reload | help.
+    /// With --etcd: register SERVICE ADDR [weight=N] [zone=Z] --ttl 10s (keeps a
+    /// lease alive until SIGTERM/SIGINT, which revoke it) | deregister SERVICE
     /// ADDR | list [SERVICE].
+    /// Exits 0 if the registry answered ok, 1 otherwise.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["socket", "etcd"])))]
     Ctl {
         /// The registry socket (`[registry] socket` in the config).
-        #[arg(
-            short = 's',
-            long = "socket",
-            value_name = "SOCKET",
-            required_unless_present = "etcd",
-            conflicts_with = "etcd"
-        )]
+        #[arg(short = 's', long = "socket", value_name = "SOCKET")]
         socket: Option<PathBuf>,
-        /// etcd client URLs, comma-separated, instead of a registry socket.
-        #[arg(long, value_name = "URL", value_delimiter = ',')]
+        /// etcd member URLs instead of a registry socket, comma-separated.
+        #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
         etcd: Vec<String>,
-        /// With --etcd: the key prefix (`[discovery.etcd] prefix`).
-        #[arg(long, value_name = "PREFIX", requires = "etcd")]
-        prefix: Option<String>,
-        /// With --etcd register: the lease's TTL, whole seconds (default 10s).
-        #[arg(long, value_name = "DURATION", requires = "etcd")]
-        ttl: Option<String>,
+        /// The etcd key prefix (`[discovery.etcd] prefix`).
+        #[arg(long = "prefix", value_name = "PREFIX", default_value = "/l4mesh/")]
+        prefix: String,
+        /// The lease's time to live for `register` with --etcd.
+        #[arg(long = "ttl", value_name = "DURATION", value_parser = l4mesh::config::parse_duration)]
+        ttl: Option<Duration>,
         /// Print the raw JSON reply instead of a table or message.
-        #[arg(long, conflicts_with = "etcd")]
+        #[arg(long)]
         json: bool,
         /// The request's words, e.g. `register web 127.0.0.1:9003 weight=2`.
         #[arg(required = true, num_args = 1.., value_name = "REQUEST")]
@@ -88,7 +79,16 @@ fn main() -> ExitCode {
     }) = &cli.command
     {
         let Some(socket) = socket else {
-            return etcd_ctl(etcd, prefix.as_deref(), ttl.as_deref(), request);
+            return match etcd_ctl::run(etcd.clone(), prefix, *ttl, request) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         };
         return match ctl::request(socket, request, *json) {
             Ok(answer) => {
@@ -130,70 +130,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `l4mesh ctl --etcd ...`: 0 on success, 1 if etcd failed or refused, 2
-/// for a request that is not valid.
-fn etcd_ctl(
-    endpoints: &[String],
-    prefix: Option<&str>,
-    ttl: Option<&str>,
-    request: &[String],
-) -> ExitCode {
-    let outcome = (|| {
-        let target =
-            etcd_ctl::Target::new(endpoints.to_vec(), prefix.unwrap_or("/l4mesh/").to_string())?;
-        let usage = |why: &str| Err(EtcdCtlError::Usage(why.to_string()));
-        let (verb, args) = request
-            .split_first()
-            .map_or(("", &[][..]), |(v, a)| (v.as_str(), a));
-        if ttl.is_some() && verb != "register" {
-            return usage("--ttl goes with register only");
-        }
-        match verb {
-            "register" => {
-                let endpoint = etcd_ctl::Endpoint::parse(&target.prefix, args)?;
-                let ttl = ttl.map_or(Ok(etcd_ctl::DEFAULT_TTL), etcd_ctl::parse_ttl)?;
-                etcd_ctl::block_on(register::run(&target, &endpoint, ttl))
-                    .map_err(|e| target.error(e))??;
-                Ok(None)
-            }
-            "deregister" => {
-                let endpoint = etcd_ctl::Endpoint::parse_bare(&target.prefix, args)?;
-                etcd_ctl::block_on(etcd_ctl::deregister(&target, &endpoint))
-                    .map_err(|e| target.error(e))?
-                    .map(Some)
-            }
-            "list" if args.len() <= 1 => {
-                let service = args.first().map(String::as_str);
-                etcd_ctl::block_on(etcd_ctl::list(&target, service))
-                    .map_err(|e| target.error(e))?
-                    .map(Some)
-            }
-            "list" => usage("usage: list [SERVICE]"),
-            other => usage(&format!(
-                "unknown verb `{}` for etcd; verbs: register SERVICE ADDR [weight=N] [zone=Z] \
-                 [--ttl 10s], deregister SERVICE ADDR, list [SERVICE]",
-                other.escape_debug()
-            )),
-        }
-    })();
-    match outcome {
-        Ok(text) => {
-            if let Some(text) = text {
-                println!("{text}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e @ EtcdCtlError::Usage(_)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

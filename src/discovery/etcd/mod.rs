@@ -340,7 +340,7 @@ fn send(feed: &Feed, view: &View, scope: Scope, services: BTreeSet<String>) {
 }
 
 /// A client for the configured members.
-async fn connect(config: &EtcdConfig) -> Result<Client, String> {
+pub(crate) async fn connect(config: &EtcdConfig) -> Result<Client, String> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.dial_timeout)
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))

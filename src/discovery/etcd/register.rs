@@ -1,229 +1,234 @@
-//! `l4mesh ctl --etcd URL register SERVICE ADDR [weight=N] [zone=Z] --ttl
-//! 10s`: the sidecar that keeps an endpoint in etcd for as long as it runs.
-//!
-//! It grants a lease of the TTL, puts the endpoint's key with it, prints one
-//! line, and sends a keep-alive every TTL/3. If the process dies, the lease
-//! expires and the key leaves by itself within the TTL. SIGTERM or SIGINT
-//! revokes the lease, so the key leaves at once, and exits 0.
-//!
-//! When etcd is lost it retries with capped exponential backoff and jitter;
-//! once back, it keeps the old lease alive if etcd still has it (putting
-//! the key again only if it went), else grants a new lease and puts again.
+//! `l4mesh ctl --etcd`: register an endpoint under a lease kept alive until
+//! told to stop (then the lease is revoked, so the key leaves at once),
+//! deregister one, or list what etcd holds.
 
-use super::ctl::{Endpoint, EtcdCtlError, TIMEOUT, Target};
-use etcd_client::{Client, PutOptions};
-use std::io::Write;
+use super::{connect, schema};
+use crate::config::EtcdConfig;
+use etcd_client::{Client, GetOptions, PutOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
 use std::time::Duration;
-use tokio::signal::unix::{SignalKind, signal};
 
-/// The first wait after a failure; it doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The longest wait between two attempts to reach etcd.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// What the sidecar holds across reconnections.
-#[derive(Default)]
-struct Held {
-    client: Option<Client>,
-    /// The lease the key is put with, while etcd may still have it.
-    lease: Option<i64>,
-    /// Whether the "registered" line was printed.
-    announced: bool,
+/// One endpoint to register.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The service.
+    pub service: String,
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// Its weight, 1 to 256.
+    pub weight: u32,
+    /// Its zone, if any.
+    pub zone: Option<String>,
+    /// The lease's time to live.
+    pub ttl: Duration,
 }
 
-/// Registers `endpoint` under a lease of `ttl` and keeps it alive until
-/// SIGTERM or SIGINT, then revokes the lease. Errors only if the signal
-/// handlers cannot be installed or the revocation failed (the key then
-/// leaves when the lease expires).
-pub async fn run(target: &Target, endpoint: &Endpoint, ttl: Duration) -> Result<(), EtcdCtlError> {
-    let install =
-        |kind| signal(kind).map_err(|e| target.error(format!("cannot handle signals: {e}")));
-    let (mut term, mut int) = (
-        install(SignalKind::terminate())?,
-        install(SignalKind::interrupt())?,
-    );
-    let mut held = Held::default();
-    let name = tokio::select! {
-        never = keep(target, endpoint, ttl, &mut held) => match never {},
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    let key = endpoint.key(&target.prefix);
-    let Some(lease) = held.lease else {
-        log::info!("{name}: {key} was not registered; nothing to revoke");
+/// Keeps `reg` registered until `stop` completes, then revokes its lease.
+/// When etcd is lost it keeps retrying and registers again on return.
+pub async fn register(
+    config: &EtcdConfig,
+    reg: &Registration,
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let mut stop = pin!(stop);
+    let key = schema::key(&config.prefix, &reg.service, reg.addr);
+    let value = value(reg.weight, reg.zone.as_deref());
+    let ttl = reg.ttl.as_secs().max(1) as i64;
+    let mut backoff = Backoff::new();
+    let mut registered_once = false;
+    loop {
+        let mut lease = None;
+        let why = tokio::select! {
+            why = hold(config, &key, &value, ttl, &mut lease, &mut registered_once) => why,
+            () = &mut stop => return revoke(config, lease, &key, ttl).await,
+        };
+        log::warn!("etcd registration of {key}: {why}; retrying");
+        let wait = backoff.next_wait();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            // The lease may still be live if etcd answers again.
+            () = &mut stop => return revoke(config, lease, &key, ttl).await,
+        }
+        if lease.is_some() {
+            backoff.reset();
+        }
+    }
+}
+
+/// Revokes the lease held, if any, so that the key leaves at once.
+async fn revoke(
+    config: &EtcdConfig,
+    lease: Option<(Client, i64)>,
+    key: &str,
+    ttl: i64,
+) -> Result<(), String> {
+    let Some((mut client, id)) = lease else {
         return Ok(());
     };
-    let revoke = async {
-        let mut client = match held.client.take() {
-            Some(client) => client,
-            None => target.connect().await?,
-        };
-        client
-            .lease_revoke(lease)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(TIMEOUT, revoke).await {
-        Ok(Ok(())) => {
-            log::info!("{name}: revoked lease {lease:x}; {key} is gone");
-            Ok(())
-        }
-        Ok(Err(why)) => Err(target.error(format!(
-            "{name}: cannot revoke lease {lease:x} ({why}); {key} stays until the lease \
-             expires, within {} s",
-            ttl.as_secs()
-        ))),
-        Err(_) => Err(target.error(format!(
-            "{name}: revoking lease {lease:x} took over {} s; {key} stays until the lease \
-             expires, within {} s",
-            TIMEOUT.as_secs(),
-            ttl.as_secs()
-        ))),
-    }
+    within(config.dial_timeout, client.lease_revoke(id))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot revoke lease {id:x} of {key}: {e}; the key leaves when the lease \
+                 expires (within {ttl} s)"
+            )
+        })?;
+    log::info!("revoked lease {id:x}: {key} removed");
+    Ok(())
 }
 
-/// Registers and keeps the lease alive, reconnecting for ever.
-async fn keep(
-    target: &Target,
-    endpoint: &Endpoint,
-    ttl: Duration,
-    held: &mut Held,
-) -> std::convert::Infallible {
-    let mut backoff = MIN_BACKOFF;
-    let mut lost_since: Option<std::time::Instant> = None;
-    loop {
-        let why = session(target, endpoint, ttl, held, &mut backoff, &mut lost_since).await;
-        held.client = None;
-        let wait = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
-        if lost_since.is_none() {
-            lost_since = Some(std::time::Instant::now());
-            log::warn!(
-                "etcd ({}): {why}; retrying with backoff up to {} s",
-                target.endpoints.join(","),
-                MAX_BACKOFF.as_secs()
-            );
-        } else {
-            log::debug!("etcd still unreachable: {why}; next attempt in {wait:?}");
-        }
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// One connection: (re)registers, then sends keep-alives until something
-/// fails; returns why.
-async fn session(
-    target: &Target,
-    endpoint: &Endpoint,
-    ttl: Duration,
-    held: &mut Held,
-    backoff: &mut Duration,
-    lost_since: &mut Option<std::time::Instant>,
+/// Grants a lease, puts the key and keeps the lease alive; returns why it
+/// stopped. `lease` holds the client and lease while it is held.
+async fn hold(
+    config: &EtcdConfig,
+    key: &str,
+    value: &str,
+    ttl: i64,
+    lease: &mut Option<(Client, i64)>,
+    registered_once: &mut bool,
 ) -> String {
-    let key = endpoint.key(&target.prefix);
-    let value = endpoint.value();
-    let client = match target.connect().await {
-        Ok(client) => held.client.insert(client),
-        Err(why) => return why,
+    let mut client = match connect(config).await {
+        Ok(c) => c,
+        Err(e) => return e,
     };
-    let within = |what: &'static str| move |_| format!("{what} took over {} s", TIMEOUT.as_secs());
-    // A lease from before the outage: still there?
-    if let Some(lease) = held.lease {
-        match tokio::time::timeout(TIMEOUT, client.lease_time_to_live(lease, None)).await {
-            Err(e) => return within("asking for the lease's TTL")(e),
-            Ok(Err(e)) => return format!("cannot ask for lease {lease:x}: {e}"),
-            Ok(Ok(r)) if r.ttl() <= 0 => {
-                log::warn!(
-                    "lease {lease:x} expired while etcd was unreachable, taking {key} with it; \
-                     granting a new lease"
-                );
-                held.lease = None;
-            }
-            Ok(Ok(r)) => log::info!(
-                "etcd reachable again; lease {lease:x} still alive ({} s left)",
-                r.ttl()
-            ),
-        }
-    }
-    let lease = match held.lease {
-        Some(lease) => lease,
-        None => {
-            let granted =
-                tokio::time::timeout(TIMEOUT, client.lease_grant(ttl.as_secs() as i64, None))
-                    .await
-                    .map_err(within("granting a lease"));
-            match granted {
-                Ok(Ok(r)) => *held.lease.insert(r.id()),
-                Ok(Err(e)) => return format!("cannot grant a lease of {} s: {e}", ttl.as_secs()),
-                Err(why) => return why,
-            }
-        }
+    let limit = config.dial_timeout;
+    let id = match within(limit, client.lease_grant(ttl, None)).await {
+        Ok(r) => r.id(),
+        Err(e) => return format!("cannot grant a lease: {e}"),
     };
-    // Put the key unless it is there as it should be (an old lease kept it).
-    let current = match tokio::time::timeout(TIMEOUT, client.get(key.as_str(), None)).await {
-        Err(e) => return within("reading the key")(e),
-        Ok(Err(e)) => return format!("cannot read {key}: {e}"),
-        Ok(Ok(r)) => r.kvs().first().map(|kv| (kv.lease(), kv.value().to_vec())),
+    *lease = Some((client.clone(), id));
+    let put = PutOptions::new().with_lease(id);
+    if let Err(e) = within(limit, client.put(key, value, Some(put))).await {
+        return format!("cannot put {key}: {e}");
+    }
+    if *registered_once {
+        log::info!("registered {key} again with lease {id:x}");
+    } else {
+        println!("registered {key} = {value} with lease {id:x} (ttl {ttl} s)");
+        *registered_once = true;
+    }
+    let (mut keeper, mut responses) = match within(limit, client.lease_keep_alive(id)).await {
+        Ok(k) => k,
+        Err(e) => return format!("cannot keep lease {id:x} alive: {e}"),
     };
-    if current != Some((lease, value.clone().into_bytes())) {
-        let put = client.put(
-            key.as_str(),
-            value.as_str(),
-            Some(PutOptions::new().with_lease(lease)),
-        );
-        match tokio::time::timeout(TIMEOUT, put).await {
-            Err(e) => return within("putting the key")(e),
-            Ok(Err(e)) => return format!("cannot put {key}: {e}"),
-            Ok(Ok(_)) if held.announced => {
-                log::info!("put {key} = {value} again with lease {lease:x}")
-            }
-            Ok(Ok(_)) => {}
-        }
-    }
-    let (mut keeper, mut stream) =
-        match tokio::time::timeout(TIMEOUT, client.lease_keep_alive(lease)).await {
-            Err(e) => return within("starting keep-alives")(e),
-            Ok(Err(e)) => return format!("cannot keep lease {lease:x} alive: {e}"),
-            Ok(Ok(pair)) => pair,
-        };
-    if !held.announced {
-        held.announced = true;
-        // The one line a supervisor or a script waits for.
-        println!(
-            "registered {} {} at {key} = {value} with lease {lease:x} (ttl {} s); \
-             SIGTERM deregisters",
-            endpoint.service,
-            endpoint.addr,
-            ttl.as_secs()
-        );
-        let _ = std::io::stdout().flush();
-    }
-    if let Some(since) = lost_since.take() {
-        log::info!(
-            "etcd reachable again after {} s; {key} registered with lease {lease:x}",
-            since.elapsed().as_secs()
-        );
-    }
-    *backoff = MIN_BACKOFF;
-    let period = ttl / 3;
+    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
     loop {
-        tokio::time::sleep(period).await;
         if let Err(e) = keeper.keep_alive().await {
-            return format!("cannot send a keep-alive for lease {lease:x}: {e}");
+            return format!("keep-alive of lease {id:x} failed: {e}");
         }
-        match tokio::time::timeout(period.max(Duration::from_millis(300)), stream.message()).await {
-            Err(_) => {
-                return format!("no keep-alive answer for lease {lease:x} within {period:?}");
-            }
-            Ok(Err(e)) => return format!("the keep-alive stream failed: {e}"),
-            Ok(Ok(None)) => return "the keep-alive stream ended".into(),
-            Ok(Ok(Some(r))) if r.ttl() <= 0 => {
-                held.lease = None;
-                return format!("lease {lease:x} expired; {key} went with it");
-            }
+        match tokio::time::timeout(every, responses.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() <= 0 => return format!("lease {id:x} expired"),
             Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return "etcd closed the keep-alive stream".into(),
+            Ok(Err(e)) => return format!("keep-alive of lease {id:x} failed: {e}"),
+            Err(_) => return format!("no keep-alive answer for lease {id:x} within {every:?}"),
         }
+        tokio::time::sleep(every).await;
     }
+}
+
+/// The value stored for an endpoint.
+fn value(weight: u32, zone: Option<&str>) -> String {
+    let mut v = serde_json::json!({ "weight": weight });
+    if let Some(zone) = zone {
+        v["zone"] = serde_json::Value::from(zone);
+    }
+    v.to_string()
+}
+
+/// Runs an etcd call that may wait forever for a member when none is up.
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// Capped exponential backoff with jitter: 100 ms doubling to 5 s, each
+/// wait a random point between half and all of the current step.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    fn new() -> Backoff {
+        Backoff { step: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.step = Self::FIRST;
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(Self::CAP);
+        let half = step / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Deletes `service`'s endpoint `addr`; says whether it was there.
+pub async fn deregister(
+    config: &EtcdConfig,
+    service: &str,
+    addr: SocketAddr,
+) -> Result<bool, String> {
+    let mut client = connect(config).await?;
+    let key = schema::key(&config.prefix, service, addr);
+    let r = within(config.dial_timeout, client.delete(key.clone(), None))
+        .await
+        .map_err(|e| format!("cannot delete {key}: {e}"))?;
+    Ok(r.deleted() > 0)
+}
+
+/// The endpoints etcd holds (of `service`, or of every service), one line
+/// each: `SERVICE ADDR weight=N [zone=Z] [lease=ID]`, or why a key is bad.
+pub async fn list(config: &EtcdConfig, service: Option<&str>) -> Result<Vec<String>, String> {
+    let mut client = connect(config).await?;
+    let prefix = match service {
+        Some(s) => format!("{}services/{s}/endpoints/", config.prefix),
+        None => format!("{}services/", config.prefix),
+    };
+    let r = within(
+        config.dial_timeout,
+        client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|e| format!("cannot read {prefix}: {e}"))?;
+    Ok(r.kvs()
+        .iter()
+        .map(|kv| {
+            let parsed = schema::parse_key(&config.prefix, kv.key()).and_then(|k| {
+                let k = k.ok_or("not an endpoint key")?;
+                schema::parse_value(k.addr, kv.value()).map(|(d, zone)| (k.service, d, zone))
+            });
+            match parsed {
+                Ok((s, d, zone)) => {
+                    let mut line = format!("{s} {} weight={}", d.addr, d.weight);
+                    if let Some(z) = zone {
+                        line.push_str(&format!(" zone={z}"));
+                    }
+                    if kv.lease() != 0 {
+                        line.push_str(&format!(" lease={:x}", kv.lease()));
+                    }
+                    line
+                }
+                Err(why) => format!(
+                    "# skipped {:?} = {:?}: {why}",
+                    String::from_utf8_lossy(kv.key()),
+                    String::from_utf8_lossy(kv.value())
+                ),
+            }
+        })
+        .collect())
 }

@@ -135,9 +135,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
     }
 }
 
-/// Reads `SERVICE ADDR` from `args` (the rest follows), with `usage` built
-/// from `verb` and `more` when they are missing; the etcd `ctl` shares it.
-pub(crate) fn service_and_addr<'a>(
+fn service_and_addr<'a>(
     verb: &str,
     args: &'a [&'a str],
     more: &str,
@@ -158,8 +156,7 @@ pub(crate) fn service_and_addr<'a>(
     Ok((service.to_string(), addr, rest))
 }
 
-/// A weight from 1 to [`MAX_WEIGHT`].
-pub(crate) fn parse_weight(value: &str) -> Result<u32, String> {
+fn parse_weight(value: &str) -> Result<u32, String> {
     value
         .parse::<u32>()
         .ok()
