@@ -418,7 +418,7 @@ fn three_members_losing_the_one_in_use_misses_no_change() {
         let addr = format!("127.0.0.1:{}", 9000 + i);
         kv.put(&key("web", &addr), &weight(1));
         src.wait(
-            Duration::from_secs(10),
+            Duration::from_secs(20),
             &format!("the put with member {i} dead"),
             |s| s.endpoints("web").len() == i + 1,
         );
