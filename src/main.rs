@@ -9,6 +9,7 @@ use l4mesh::discovery::registry::ctl;
 use l4mesh::{Config, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -81,7 +82,10 @@ fn main() -> ExitCode {
         let Some(socket) = socket else {
             return match etcd_ctl::run(etcd.clone(), prefix, *ttl, request) {
                 Ok(text) => {
-                    println!("{text}");
+                    // Not println!: a sidecar's supervisor may have closed
+                    // stdout after the "registered" line, and the lease is
+                    // revoked by now; a panic would make that exit 101.
+                    let _ = writeln!(std::io::stdout(), "{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

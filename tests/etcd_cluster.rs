@@ -551,3 +551,47 @@ fn a_frozen_member_is_left_within_the_keep_alive_timeout_and_no_change_is_missed
     }
     panic!("no frozen member made l4mesh move");
 }
+
+#[test]
+fn a_sidecar_whose_stdout_was_closed_after_its_line_still_exits_0_on_sigterm() {
+    let etcd = Etcd::start();
+    let addr: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+        .args([
+            "ctl",
+            "--etcd",
+            &etcd.url(),
+            "register",
+            "web",
+            "127.0.0.1:9001",
+        ])
+        .args(["--ttl", "5s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // As `| head -1` does: one line, then the pipe is closed.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with(&format!("registered {}", key(addr))),
+        "{line}"
+    );
+    drop(stdout);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + WITHIN;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the sidecar did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(0), "no panic writing to the closed stdout");
+    assert_eq!(etcd.get(&key(addr)), None, "the lease was revoked");
+}
