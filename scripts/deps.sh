@@ -2,8 +2,9 @@
 # Installs what building and testing l4mesh need when it is missing:
 # protoc (protobuf-compiler) for the etcd client's build, prlimit (util-linux)
 # for the fd-exhaustion test, promtool (prometheus) to check /metrics, etcd
-# (etcd-server) and dnsmasq (dnsmasq-base) as the fleet tests' real servers,
-# and cargo-nextest. Debian is kept from starting the packages' services.
+# (etcd-server), etcdctl (etcd-client) and dnsmasq (dnsmasq-base) as the
+# fleet tests' real servers and their client, openssl to make the etcd TLS
+# test's certificates, and cargo-nextest. Debian is kept from starting the packages' services.
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,8 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v prlimit >/dev/null || missing+=(util-linux)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]}"
