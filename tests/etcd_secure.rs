@@ -226,12 +226,16 @@ fn it_should_follow_etcd_over_mutual_tls_and_refuse_without_a_client_certificate
     let no_cert = config(admin, &format!("ca = \"{}\"", paths.0)).replace("URL", &etcd.url);
     let refused = Binary::start(&no_cert, &[]);
     let line = refused.wait_for_line(Duration::from_secs(10), "etcd (https://127.0.0.1:");
-    assert!(
-        line.contains("unreachable") && line.contains("Certificate"),
-        "{line}"
-    );
+    // With TLS 1.3 etcd's refusal of the missing certificate arrives after
+    // the handshake: the client sees a bad-certificate alert or the
+    // connection closed, depending on timing.
+    assert!(line.contains("unreachable"), "{line}");
     assert_eq!(up(admin), Some(0.0));
     assert_eq!(tag_of(refused.addr()), None, "no endpoint without etcd");
+    refused.wait_for_line(
+        Duration::from_secs(5),
+        "none in the config file, the registry or etcd (yet); put some under the etcd prefix",
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ use super::buffers::BufferPool;
 use super::connect::{self, Attempt, Failed};
 use super::forward::{self, End, Meters, Side};
 use super::splice::{self, PipePool};
+use crate::config::ServiceDiscovery;
 use crate::log_limit::RESOURCE_ERRORS;
 use crate::metrics::access_log::{AccessLog, Ending, Record};
 use crate::routing::{DURATION_BUCKETS, ListenerSlot, ResetCause};
@@ -294,7 +295,16 @@ fn attempt_list(attempts: &[Attempt]) -> String {
 /// unusable state and how many members are in it.
 fn unusable(service: &Service) -> String {
     if service.members.is_empty() {
-        return "it has no endpoints: add some to the config file or register them".to_string();
+        return match service.discovery() {
+            Some(ServiceDiscovery::Etcd) => "it has no endpoints: none in the config file, the \
+                registry or etcd (yet); put some under the etcd prefix"
+                .to_string(),
+            Some(ServiceDiscovery::Srv { name, .. }) => format!(
+                "it has no endpoints: none in the config file or the registry, and no answer \
+                 for SRV {name} (yet)"
+            ),
+            None => "it has no endpoints: add some to the config file or register them".into(),
+        };
     }
     let mut counts: Vec<(usize, &str)> = EndpointState::ALL
         .iter()

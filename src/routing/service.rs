@@ -199,6 +199,12 @@ impl Service {
         )))
     }
 
+    /// Where the service takes endpoints from besides the file and the
+    /// registry.
+    pub fn discovery(&self) -> Option<&ServiceDiscovery> {
+        self.config.discovery.as_ref()
+    }
+
     /// The member at `addr`.
     pub fn member(&self, addr: SocketAddr) -> Option<&Member> {
         self.by_addr.get(&addr).map(|&i| &self.members[i])
