@@ -20,7 +20,7 @@ Subcommands:
                       client's own cpu_ticks (in OUT), l4mesh's CPU seconds
                       C0..C1 and the echo server's E0..E1
   debounce FILE       the watcher's debounce in ms, read from the source
-                      (src/control/watch.rs), or "?"
+                      (src/discovery/file_watch.rs), or "?"
   report WORK MD JSON tables from the raw results in WORK; meta from env
 
 Process handling (ident, alive, stop, cpu) is bench/helper.py's; the /proc
