@@ -557,28 +557,6 @@ fn echo_checked(stream: &mut std::net::TcpStream, len: usize) {
     assert_eq!(Sha256::digest(&back), sent, "the echo came back intact");
 }
 
-/// The admin listener the binary logged.
-fn admin_of(binary: &Binary) -> SocketAddr {
-    let line = binary.wait_for_line(Duration::from_secs(5), "admin listener on http://");
-    let rest = line.split("http://").nth(1).unwrap();
-    rest.split(' ').next().unwrap().parse().unwrap()
-}
-
-/// `l4mesh_discovery_up` and `l4mesh_discovery_errors_total` of `dns:web`.
-fn dns_web_metrics(admin: SocketAddr) -> (f64, f64) {
-    let m = samples(admin);
-    let find = |metric: &str| {
-        m.iter()
-            .find(|(k, _)| k.starts_with(metric) && k.contains("\"dns:web\""))
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no {metric} for dns:web in {m:?}"))
-    };
-    (
-        find("l4mesh_discovery_up{"),
-        find("l4mesh_discovery_errors_total{"),
-    )
-}
-
 per_mode! {
     fn through_the_binary_srv_targets_serve_and_a_removed_record_takes_no_new_connections(mode) {
         let a = tagged_echo_backend(b'A');
@@ -671,12 +649,12 @@ fn through_the_binary_a_dead_dns_server_leaves_the_endpoints_serving() {
     let mut dns = Dnsmasq::start(60, &srv_records(&[("a", a.port(), 0)]));
     let binary = Binary::start(&binary_config("auto", dns.addr(), ""), &[]);
     let web = binary.addr();
-    let admin = admin_of(&binary);
+    let admin = binary.admin_addr(Duration::from_secs(5));
     eventually(WITHIN, "a serves", || tags(web, 5) == set_of(b"A"));
-    assert_eq!(dns_web_metrics(admin).0, 1.0);
+    assert_eq!(discovery_metrics(admin, "dns:web").0, 1.0);
     dns.stop();
     eventually(WITHIN, "dns:web down, errors counted", || {
-        let (up, errors) = dns_web_metrics(admin);
+        let (up, errors) = discovery_metrics(admin, "dns:web");
         up == 0.0 && errors >= 2.0
     });
     binary.wait_for_line(WITHIN, "keeping its last 1 endpoint(s)");
@@ -685,6 +663,6 @@ fn through_the_binary_a_dead_dns_server_leaves_the_endpoints_serving() {
     eventually(WITHIN, "the change made while away is seen", || {
         tags(web, 20) == set_of(b"AB")
     });
-    assert_eq!(dns_web_metrics(admin).0, 1.0);
+    assert_eq!(discovery_metrics(admin, "dns:web").0, 1.0);
     binary.wait_for_line(WITHIN, "answers again, after");
 }

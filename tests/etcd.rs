@@ -1,14 +1,16 @@
 //! The etcd source against real etcd (stage 1: the source alone, its feed a
 //! channel) and `l4mesh ctl --etcd` as a real process.
 
+mod common;
 mod support_etcd;
 
+use common::signal_pid;
 use l4mesh::config::EtcdConfig;
 use l4mesh::discovery::{Feed, Scope, Update};
 use l4mesh::metrics::{DiscoveryStats, SourceStatus};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -464,15 +466,6 @@ fn wait_for_key(kv: &mut Kv, key: &str, present: bool, within: Duration) -> Dura
     start.elapsed()
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 #[test]
 fn register_helper_sigterm_revokes_the_lease_at_once() {
     let etcd = Etcd::start();
@@ -484,7 +477,7 @@ fn register_helper_sigterm_revokes_the_lease_at_once() {
     // Held past its TTL by the keep-alives.
     std::thread::sleep(Duration::from_secs(3));
     assert!(kv.get(&k).is_some(), "the lease was not kept alive");
-    signal(&child, "TERM");
+    signal_pid(child.id(), "TERM");
     let gone = wait_for_key(&mut kv, &k, false, Duration::from_secs(1));
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
@@ -595,7 +588,7 @@ fn register_helper_registers_again_after_etcd_returns() {
     // The key outlives the old lease and leaves with the new one.
     std::thread::sleep(Duration::from_secs(3));
     assert!(kv.get(&k).is_some(), "the key left with the old lease");
-    signal(&child, "TERM");
+    signal_pid(child.id(), "TERM");
     wait_for_key(&mut kv, &k, false, Duration::from_secs(1));
     assert!(child.wait().unwrap().success());
 }

@@ -86,28 +86,6 @@ fn echo_checked(stream: &mut TcpStream, len: usize) {
     assert_eq!(Sha256::digest(&back), sent, "the echo came back intact");
 }
 
-/// The admin listener the binary logged.
-fn admin_of(binary: &Binary) -> SocketAddr {
-    let line = binary.wait_for_line(WITHIN, "admin listener on http://");
-    let rest = line.split("http://").nth(1).unwrap();
-    rest.split(' ').next().unwrap().parse().unwrap()
-}
-
-/// `l4mesh_discovery_up{source="etcd"}` and its errors.
-fn etcd_metrics(admin: SocketAddr) -> (f64, f64) {
-    let m = samples(admin);
-    let find = |metric: &str| {
-        m.iter()
-            .find(|(k, _)| k.starts_with(metric) && k.contains("\"etcd\""))
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no {metric} for etcd in {m:?}"))
-    };
-    (
-        find("l4mesh_discovery_up{"),
-        find("l4mesh_discovery_errors_total{"),
-    )
-}
-
 /// Service `web`'s endpoints in the binary's `/config`: address → weight,
 /// etcd's only.
 fn etcd_endpoints(admin: SocketAddr) -> BTreeMap<String, u64> {
@@ -193,12 +171,7 @@ impl Sidecar {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal_pid(self.child.id(), name);
     }
 
     /// SIGTERM; waits for its exit and returns the code.
@@ -310,9 +283,9 @@ fn etcd_killed_mid_traffic_keeps_the_last_endpoints_then_catches_up_with_changes
     cluster.any().put(&key(a), r#"{"weight": 1}"#);
     // l4mesh knows m0 only.
     let binary = Binary::start(&binary_config("auto", &cluster.members[0].url()), &[]);
-    let (web, admin) = (binary.addr(), admin_of(&binary));
+    let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
-    assert_eq!(etcd_metrics(admin).0, 1.0);
+    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
     let mut open = open_to(web, b'A');
     let traffic = std::thread::spawn(move || {
         for _ in 0..8 {
@@ -323,7 +296,7 @@ fn etcd_killed_mid_traffic_keeps_the_last_endpoints_then_catches_up_with_changes
 
     cluster.kill(0);
     eventually(WITHIN, "etcd down in /metrics, failures counted", || {
-        let (up, errors) = etcd_metrics(admin);
+        let (up, errors) = discovery_metrics(admin, "etcd");
         up == 0.0 && errors >= 1.0
     });
     binary.wait_for_line(WITHIN, "serving the last known 1 endpoint(s)");
@@ -344,7 +317,7 @@ fn etcd_killed_mid_traffic_keeps_the_last_endpoints_then_catches_up_with_changes
         tags(web, 10) == set_of(b"B")
     });
     eprintln!("m0 healthy again to caught up: {:?}", back.elapsed());
-    assert_eq!(etcd_metrics(admin).0, 1.0);
+    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
     binary.wait_for_line(WITHIN, "etcd reachable again after");
     let mut open = traffic.join().unwrap();
     echo_checked(&mut open, 1 << 20);
@@ -356,13 +329,13 @@ fn a_restarted_etcd_is_followed_again_from_the_revision_where_l4mesh_left_off() 
     let mut etcd = Etcd::start();
     etcd.put(&key(a), "");
     let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
-    let (web, admin) = (binary.addr(), admin_of(&binary));
+    let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
     let revision = etcd.revision();
 
     etcd.stop();
     eventually(WITHIN, "etcd down in /metrics", || {
-        let (up, errors) = etcd_metrics(admin);
+        let (up, errors) = discovery_metrics(admin, "etcd");
         up == 0.0 && errors >= 1.0
     });
     assert_eq!(
@@ -375,7 +348,7 @@ fn a_restarted_etcd_is_followed_again_from_the_revision_where_l4mesh_left_off() 
         WITHIN,
         &format!("following /l4mesh/ from revision {}", revision + 1),
     );
-    assert_eq!(etcd_metrics(admin).0, 1.0);
+    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
     let changed = Instant::now();
     etcd.put(&key(b), "");
     etcd.delete(&key(a));
@@ -398,11 +371,13 @@ fn a_compaction_while_the_proxy_is_away_forces_a_full_resync_with_nothing_stale(
     cluster.any().put(&key(a), "");
     cluster.any().put(&key(b), "");
     let binary = Binary::start(&binary_config("auto", &cluster.members[0].url()), &[]);
-    let (web, admin) = (binary.addr(), admin_of(&binary));
+    let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a and b serve", || tags(web, 6) == set_of(b"AB"));
 
     cluster.kill(0);
-    eventually(WITHIN, "etcd down", || etcd_metrics(admin).0 == 0.0);
+    eventually(WITHIN, "etcd down", || {
+        discovery_metrics(admin, "etcd").0 == 0.0
+    });
     let others = format!("{},{}", cluster.members[1].url(), cluster.members[2].url());
     // a leaves, c comes and goes, b is reweighted, and the history of all
     // that is compacted away.
@@ -419,7 +394,7 @@ fn a_compaction_while_the_proxy_is_away_forces_a_full_resync_with_nothing_stale(
     });
     assert_eq!(tags(web, 10), set_of(b"B"));
     binary.wait_for_line(WITHIN, &format!("at revision {revision}"));
-    assert_eq!(etcd_metrics(admin).0, 1.0);
+    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
 }
 
 #[test]
@@ -428,7 +403,7 @@ fn malformed_keys_and_values_are_skipped_with_a_warning_naming_the_key_and_the_r
     let etcd = Etcd::start();
     etcd.put(&key(a), "");
     let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
-    let (web, admin) = (binary.addr(), admin_of(&binary));
+    let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
     let bad_json = "/l4mesh/services/web/endpoints/127.0.0.1:1";
     let zero = "/l4mesh/services/web/endpoints/127.0.0.1:2";
@@ -480,7 +455,7 @@ fn the_proxy_follows_a_three_member_cluster_through_the_death_of_each_member_and
     let mut cluster = Cluster::start(3);
     cluster.any().put(&key(backends[0]), "");
     let binary = Binary::start(&binary_config("auto", &cluster.urls()), &[]);
-    let (web, admin) = (binary.addr(), admin_of(&binary));
+    let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "0 serves", || tags(web, 4) == set_of(b"0"));
     // Whichever member l4mesh is connected to, one of these kills it.
     for i in 0..3 {

@@ -9,7 +9,7 @@ use common::*;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,15 +71,6 @@ fn register(etcd: &Etcd, addr: SocketAddr) -> Killed {
     child
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 /// A connection through `web` that reached the backend tagged `tag`.
 fn open_to(web: SocketAddr, tag: u8) -> TcpStream {
     for _ in 0..200 {
@@ -126,7 +117,7 @@ per_mode! {
         let mut open_b = open_to(web, b'B');
         let mut open_c = open_to(web, b'C');
 
-        signal(&helper_b, "TERM");
+        signal_pid(helper_b.id(), "TERM");
         assert!(helper_b.wait().unwrap().success());
         eventually(Duration::from_secs(1), "B gone after SIGTERM", || !from_etcd(&dir).contains(&b));
         assert_eq!(tags(web, 12), HashSet::from([b'A', b'C']));

@@ -7,18 +7,10 @@
 mod common;
 
 use common::*;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A single etcd member, killed on drop.
 struct Etcd {
@@ -182,12 +174,6 @@ fn admin_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-fn up(admin: SocketAddr) -> Option<f64> {
-    samples(admin)
-        .get("l4mesh_discovery_up{source=\"etcd\"}")
-        .copied()
-}
-
 #[test]
 fn it_should_follow_etcd_over_mutual_tls_and_refuse_without_a_client_certificate() {
     let dir = TempDir::new();
@@ -219,7 +205,7 @@ fn it_should_follow_etcd_over_mutual_tls_and_refuse_without_a_client_certificate
     eventually(Duration::from_secs(5), "traffic through TLS etcd", || {
         tag_of(web) == Some(b'T')
     });
-    assert_eq!(up(admin), Some(1.0));
+    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
 
     // The CA alone: etcd asks for a client certificate and refuses.
     let admin = admin_addr();
@@ -230,7 +216,7 @@ fn it_should_follow_etcd_over_mutual_tls_and_refuse_without_a_client_certificate
     // the handshake: the client sees a bad-certificate alert or the
     // connection closed, depending on timing.
     assert!(line.contains("unreachable"), "{line}");
-    assert_eq!(up(admin), Some(0.0));
+    assert_eq!(discovery_metrics(admin, "etcd").0, 0.0);
     assert_eq!(tag_of(refused.addr()), None, "no endpoint without etcd");
     refused.wait_for_line(
         Duration::from_secs(5),
@@ -259,7 +245,7 @@ fn it_should_follow_etcd_with_a_password_and_say_so_when_it_is_wrong() {
     eventually(Duration::from_secs(5), "traffic with the password", || {
         tag_of(web) == Some(b'P')
     });
-    assert_eq!(up(admin), Some(1.0));
+    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
 
     let admin = admin_addr();
     let wrong =
@@ -267,6 +253,6 @@ fn it_should_follow_etcd_with_a_password_and_say_so_when_it_is_wrong() {
     let refused = Binary::start(&wrong, &[]);
     let line = refused.wait_for_line(Duration::from_secs(10), "unreachable for");
     assert!(line.contains("authentication failed"), "{line}");
-    assert_eq!(up(admin), Some(0.0));
+    assert_eq!(discovery_metrics(admin, "etcd").0, 0.0);
     assert_eq!(tag_of(refused.addr()), None, "no endpoint without etcd");
 }

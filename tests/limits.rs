@@ -237,14 +237,7 @@ fn serves_a_crowd_under_a_low_descriptor_limit(mode: &str) {
     assert!(line.contains("WARN"), "{line}");
     assert_eq!(binary.count_lines("at capacity: "), 1);
     assert_eq!(binary.count_lines("Too many open files"), 0);
-    let admin = binary.wait_for_line(Duration::from_secs(10), "admin listener on http://");
-    let admin: SocketAddr = admin
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = binary.admin_addr(Duration::from_secs(10));
     let paused = samples(admin)["l4mesh_accept_paused_seconds_total"];
     assert!(paused > 0.0, "{paused}");
 }

@@ -385,14 +385,7 @@ fn it_should_report_true_descriptor_figures_while_out_of_descriptors() {
         ),
         &["prlimit", &format!("--nofile={LIMIT}:{LIMIT}")],
     );
-    let line = binary.wait_for_line(Duration::from_secs(5), "admin listener on http://");
-    let admin: std::net::SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = binary.admin_addr(Duration::from_secs(5));
     let pid = binary.child.id();
 
     // A scrape's connection, accepted while descriptors are to be had; its

@@ -93,12 +93,7 @@ impl Dnsmasq {
 
     fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("dnsmasq is running");
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} dnsmasq");
+        super::signal_pid(child.id(), name);
     }
 
     fn spawn(&mut self, records: &[String]) -> Result<(), String> {

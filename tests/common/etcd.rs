@@ -7,8 +7,7 @@
 //! `ETCD_UNSUPPORTED_ARCH`; on other arches the harness sets it. 3.4 has no
 //! `--unsafe-no-fsync`.
 
-use super::TempDir;
-use std::net::TcpListener;
+use super::{TempDir, free_port};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,15 +20,6 @@ pub struct Etcd {
     cluster: String,
     dir: TempDir,
     child: Option<Child>,
-}
-
-/// A loopback TCP port free just now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Etcd {
@@ -204,12 +194,7 @@ impl Etcd {
 
     fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("etcd is running");
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} etcd");
+        super::signal_pid(child.id(), name);
     }
 
     /// Runs `etcdctl ARGS` against this member; its stdout. Panics if it

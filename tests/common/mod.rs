@@ -264,12 +264,18 @@ impl Binary {
 
     /// Sends a signal to the process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal_pid(self.child.id(), signal);
+    }
+
+    /// The admin listener's address, as the binary logged it.
+    pub fn admin_addr(&self, within: Duration) -> SocketAddr {
+        let line = self.wait_for_line(within, "admin listener on http://");
+        line.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// Each thread's name and how many times it has been switched out so
@@ -589,4 +595,40 @@ pub fn member_state(table: &l4mesh::routing::Table, service: &str, addr: SocketA
     let snapshot = table.load();
     let member = snapshot.services[service].member(addr).unwrap();
     member.state().label().to_string()
+}
+
+/// A loopback TCP port free just now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, ...) to process `pid` with
+/// kill(1), asserting it was delivered.
+pub fn signal_pid(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// `l4mesh_discovery_up` and `l4mesh_discovery_errors_total` of discovery
+/// source `source` (`etcd`, `dns:SERVICE`) on the admin listener.
+pub fn discovery_metrics(admin: SocketAddr, source: &str) -> (f64, f64) {
+    let m = samples(admin);
+    let label = format!("{{source=\"{source}\"}}");
+    let find = |metric: &str| {
+        m.get(&format!("{metric}{label}"))
+            .copied()
+            .unwrap_or_else(|| panic!("no {metric} for {source} in {m:?}"))
+    };
+    (
+        find("l4mesh_discovery_up"),
+        find("l4mesh_discovery_errors_total"),
+    )
 }
