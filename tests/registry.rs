@@ -128,6 +128,11 @@ fn it_should_answer_bad_requests_with_errors_a_human_can_act_on() {
             "register web 224.0.0.1:9000".to_string(),
             "cannot be an endpoint: it is a multicast address",
         ),
+        // The listener asked for port 0: its bound port is what loops.
+        (
+            format!("register web {}", served.addr("web")),
+            "cannot be an endpoint: it is l4mesh's own listener web",
+        ),
     ];
     for (request, expected) in cases {
         let reply = registry(&socket, &request);

@@ -17,6 +17,7 @@ use crate::routing::Snapshot;
 use crate::runtime::ProxyControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -302,16 +303,7 @@ impl Controller {
         let own = self.own_listeners();
         for (service, list) in &mut update.services {
             list.retain(|found| {
-                let why = crate::config::unusable_endpoint(found.addr)
-                    .map(str::to_string)
-                    .or_else(|| {
-                        crate::config::looping_listener(found.addr, &own).map(|l| {
-                            format!(
-                                "it is l4mesh's own listener {} ({}): traffic would loop",
-                                l.name, l.listen
-                            )
-                        })
-                    });
+                let why = endpoint_problem(found.addr, &own);
                 if let Some(why) = &why {
                     log::warn!(
                         "{}: endpoint {} of service {service} skipped: {why}",
@@ -490,6 +482,23 @@ impl Controller {
             );
         }
     }
+}
+
+/// Why `addr` cannot be an endpoint, by the rules the file's endpoints
+/// follow: no connection can go to it (wildcard, multicast, broadcast), or
+/// it is one of l4mesh's own listeners in `own` (as bound), so traffic would
+/// loop.
+pub(super) fn endpoint_problem(addr: SocketAddr, own: &[ListenerConfig]) -> Option<String> {
+    crate::config::unusable_endpoint(addr)
+        .map(str::to_string)
+        .or_else(|| {
+            crate::config::looping_listener(addr, own).map(|l| {
+                format!(
+                    "it is l4mesh's own listener {} ({}): traffic would loop back into l4mesh",
+                    l.name, l.listen
+                )
+            })
+        })
 }
 
 /// `next` plus the listeners of `previous` named in `retiring`, and the

@@ -1,7 +1,7 @@
 //! The controller's answers to registry requests: register, deregister,
 //! drain, undrain and list, checked against the published table.
 
-use super::controller::{Answer, Controller};
+use super::controller::{Answer, Controller, endpoint_problem};
 use crate::discovery::registry::EndpointKey;
 use crate::discovery::registry::Registered;
 use crate::discovery::registry::protocol::{HELP, Request};
@@ -94,16 +94,9 @@ impl Controller {
             return Err(self.not_the_registrys(&service, addr, source));
         }
         // The same rules as the file's endpoints.
-        if let Some(why) = crate::config::unusable_endpoint(addr) {
+        if let Some(why) = endpoint_problem(addr, &self.own_listeners()) {
             return Err(error(format!(
                 "{addr} cannot be an endpoint: {why}; register the address the instance listens on"
-            )));
-        }
-        if let Some(listener) = crate::config::looping_listener(addr, &self.own_listeners()) {
-            return Err(error(format!(
-                "{addr} is l4mesh's own listener {} ({}): traffic would loop back into l4mesh; \
-                 register the instance's own address",
-                listener.name, listener.listen
             )));
         }
         let key: EndpointKey = (service.clone(), addr);
