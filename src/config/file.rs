@@ -160,6 +160,9 @@ pub struct FileRuntime {
     /// Bytes per splice pipe.
     #[serde(default = "default_pipe_size")]
     pub pipe_size: i64,
+    /// The workers' event loop: `"auto"`, `"io_uring"` or `"epoll"`.
+    #[serde(default = "default_event_loop")]
+    pub event_loop: String,
     /// `"auto"`, `"off"` or a CPU list such as `"0-3,8"`.
     #[serde(default = "default_cpu_affinity")]
     pub cpu_affinity: String,
@@ -174,6 +177,7 @@ impl Default for FileRuntime {
             backlog: default_backlog(),
             forward: default_forward(),
             pipe_size: default_pipe_size(),
+            event_loop: default_event_loop(),
             cpu_affinity: default_cpu_affinity(),
         }
     }
@@ -288,6 +292,9 @@ fn default_pipe_size() -> i64 {
 }
 fn default_cpu_affinity() -> String {
     "auto".into()
+}
+fn default_event_loop() -> String {
+    "auto".to_string()
 }
 fn default_forward() -> String {
     "auto".to_string()

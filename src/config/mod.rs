@@ -98,8 +98,31 @@ pub struct RuntimeConfig {
     pub forward: ForwardMode,
     /// Bytes per splice pipe.
     pub pipe_size: usize,
+    /// The workers' event loop.
+    pub event_loop: EventLoop,
     /// Which CPU each worker runs on.
     pub cpu_affinity: CpuAffinity,
+}
+
+/// The event loop each worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventLoop {
+    /// io_uring where the kernel allows it, epoll where it does not
+    /// (logged once at start).
+    Auto,
+    /// io_uring, or l4mesh does not start.
+    IoUring,
+    /// The epoll loop (tokio's reactor), never a ring.
+    Epoll,
+}
+
+impl EventLoop {
+    /// Every choice with its config name.
+    pub const ALL: [(&'static str, EventLoop); 3] = [
+        ("auto", EventLoop::Auto),
+        ("io_uring", EventLoop::IoUring),
+        ("epoll", EventLoop::Epoll),
+    ];
 }
 
 /// How a connection's bytes are moved.

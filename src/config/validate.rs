@@ -10,8 +10,9 @@ use super::file::{
 use super::names::{is_valid_name, suggested_name, table_key};
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,
-    ForwardMode, HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem, RegistryConfig,
-    RuntimeConfig, SCRATCH_BYTES, ServiceConfig, parse_cpu_affinity, parse_duration,
+    EventLoop, ForwardMode, HealthConfig, ListenerConfig, MAX_WEIGHT, OutlierConfig, Problem,
+    RegistryConfig, RuntimeConfig, SCRATCH_BYTES, ServiceConfig, parse_cpu_affinity,
+    parse_duration,
 };
 use rustix::thread::CpuSet;
 use std::net::SocketAddr;
@@ -203,6 +204,19 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
             "use \"auto\" (the default), \"splice\" or \"copy\"",
         );
     }
+    let event_loop = EventLoop::ALL
+        .iter()
+        .find(|(name, _)| *name == file.event_loop)
+        .map(|(_, choice)| *choice);
+    if event_loop.is_none() {
+        problems.push(
+            "runtime.event_loop",
+            quoted(&file.event_loop),
+            "not an event loop",
+            "use \"auto\" (the default: io_uring where the kernel allows it, epoll where it \
+             does not), \"io_uring\" or \"epoll\"",
+        );
+    }
     let cpu_affinity = parse_cpu_affinity(&file.cpu_affinity, CpuSet::MAX_CPU)
         .map_err(|why| {
             problems.push(
@@ -248,6 +262,7 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         backlog: backlog? as u32,
         forward: forward?,
         pipe_size: pipe_size? as usize,
+        event_loop: event_loop?,
         cpu_affinity: cpu_affinity?,
     })
 }
