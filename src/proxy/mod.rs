@@ -4,6 +4,7 @@
 pub mod buffers;
 pub mod connect;
 pub mod forward;
+pub mod io;
 pub mod listener;
 pub mod session;
 pub mod splice;
