@@ -6,6 +6,7 @@ pub mod connect;
 pub mod forward;
 pub mod io;
 pub mod listener;
+pub mod ring;
 pub mod session;
 pub mod splice;
 mod tcp_state;

@@ -1,0 +1,281 @@
+//! Ops as futures: each submits its entries to the current loop's ring
+//! and completes with the kernel's answer. What an entry points at (a
+//! socket address, a timespec, a buffer) is owned by the op's future and,
+//! should the future be dropped first, by the driver until the kernel is
+//! done with it (see [`super::driver`]).
+
+#![allow(unsafe_code)]
+
+use super::buffers::GROUP;
+use super::current;
+use super::driver::IGNORED;
+use io_uring::{opcode, squeue, types};
+use socket2::SockAddr;
+use std::future::Future;
+use std::io;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A single-shot op in flight, keeping `T` (what its entries point at)
+/// alive until it completes.
+pub struct Op<T: 'static> {
+    id: u64,
+    keep: Option<T>,
+}
+
+/// A completed op: the kernel's result (negative: an errno) and flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// The result: a count, a descriptor, or `-errno`.
+    pub result: i32,
+    /// The completion's flags (which provided buffer, more to come).
+    pub flags: u32,
+}
+
+impl Completion {
+    /// The result as an `io::Result`.
+    pub fn into_result(self) -> io::Result<u32> {
+        if self.result < 0 {
+            Err(io::Error::from_raw_os_error(-self.result))
+        } else {
+            Ok(self.result as u32)
+        }
+    }
+
+    /// The provided buffer the completion filled, if any.
+    pub fn buffer(self) -> Option<u16> {
+        io_uring::cqueue::buffer_select(self.flags)
+    }
+}
+
+impl<T: 'static> Op<T> {
+    /// Submits `entries` keeping `keep` alive; the completion of entry
+    /// `own` is the op's, those of the others (linked to it) are ignored.
+    ///
+    /// # Safety
+    /// The entries may point only at memory owned by `keep` (heap memory
+    /// that does not move when `keep` does) or at nothing.
+    unsafe fn submit(entries: &mut [squeue::Entry], own: usize, keep: T) -> Op<T> {
+        let runtime = current();
+        let id = runtime.driver.register();
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let user_data = if i == own { id } else { IGNORED };
+            *entry = entry.clone().user_data(user_data);
+        }
+        // SAFETY: forwarded from the caller; `keep` lives in the op and
+        // then in the driver's orphan slot until the completion.
+        unsafe { runtime.driver.push(entries) };
+        Op {
+            id,
+            keep: Some(keep),
+        }
+    }
+}
+
+impl<T: Unpin + 'static> Future for Op<T> {
+    type Output = (Completion, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some((result, flags)) = current().driver.poll_op(self.id, cx.waker()) else {
+            return Poll::Pending;
+        };
+        let keep = self.keep.take().expect("an op completes once");
+        Poll::Ready((Completion { result, flags }, keep))
+    }
+}
+
+impl<T: 'static> Drop for Op<T> {
+    fn drop(&mut self) {
+        if let Some(keep) = self.keep.take() {
+            super::try_current(|runtime| runtime.driver.abandon(self.id, Box::new(keep), false));
+        }
+    }
+}
+
+/// A multishot op: many completions until the kernel ends it.
+pub struct Multi {
+    id: u64,
+    ended: bool,
+    /// Its results are descriptors (an accept): those nobody takes are
+    /// closed.
+    fds: bool,
+}
+
+impl Multi {
+    /// The next completion, or `None` once the kernel has ended the op
+    /// (re-arm it then).
+    pub async fn next(&mut self) -> Option<Completion> {
+        if self.ended {
+            return None;
+        }
+        let id = self.id;
+        let next = std::future::poll_fn(|cx| match current().driver.poll_multi(id, cx.waker()) {
+            Some(next) => Poll::Ready(next),
+            None => Poll::Pending,
+        })
+        .await;
+        self.ended = next.is_none();
+        next.map(|(result, flags)| Completion { result, flags })
+    }
+}
+
+impl Multi {
+    /// Asks the kernel to end the op; [`Multi::next`] yields what it
+    /// completed meanwhile, then `None`.
+    pub fn cancel(&self) {
+        if !self.ended {
+            current().driver.cancel(self.id);
+        }
+    }
+}
+
+impl Drop for Multi {
+    fn drop(&mut self) {
+        if !self.ended {
+            super::try_current(|runtime| {
+                runtime.driver.abandon(self.id, Box::new(()), self.fds);
+            });
+        }
+    }
+}
+
+/// Accepts on listening socket `fd` until cancelled or an error ends it;
+/// every accepted socket is non-blocking and close-on-exec.
+pub fn accept_multi(fd: RawFd) -> Multi {
+    let entry = opcode::AcceptMulti::new(types::Fd(fd))
+        .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+        .build();
+    let runtime = current();
+    let id = runtime.driver.register_multi();
+    // SAFETY: a multishot accept with no address buffer points at nothing.
+    unsafe { runtime.driver.push(&[entry.user_data(id)]) };
+    Multi {
+        id,
+        ended: false,
+        fds: true,
+    }
+}
+
+/// What a connect keeps alive: the address and the linked timeout's span.
+struct ConnectArgs {
+    addr: SockAddr,
+    timeout: types::Timespec,
+}
+
+/// Connects socket `fd` to `addr`, failing with `ECANCELED` after
+/// `timeout` (a `LINK_TIMEOUT` linked to the `CONNECT`: the kernel aborts
+/// the handshake, no timer of ours runs).
+pub async fn connect(fd: RawFd, addr: &SockAddr, timeout: Duration) -> io::Result<()> {
+    let args = Box::new(ConnectArgs {
+        addr: addr.clone(),
+        timeout: types::Timespec::from(timeout),
+    });
+    let connect = opcode::Connect::new(types::Fd(fd), args.addr.as_ptr().cast(), args.addr.len())
+        .build()
+        .flags(squeue::Flags::IO_LINK);
+    let expire = opcode::LinkTimeout::new(&args.timeout).build();
+    // The connect's completion is the op's; the timeout's is ignored. Both
+    // point into the boxed args, which the op keeps.
+    // SAFETY: the entries point into `args`, a box the op keeps.
+    let op = unsafe { Op::submit(&mut [connect, expire], 0, args) };
+    let (done, _) = op.await;
+    done.into_result().map(|_| ())
+}
+
+/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`); returns
+/// the events that are.
+pub async fn poll(fd: RawFd, events: u32) -> io::Result<u32> {
+    let mut entries = [opcode::PollAdd::new(types::Fd(fd), events).build()];
+    // SAFETY: a poll points at nothing.
+    let (done, ()) = unsafe { Op::submit(&mut entries, 0, ()) }.await;
+    done.into_result()
+}
+
+/// Receives from `fd` into a provided buffer the kernel picks when bytes
+/// arrive; the completion names the buffer (see [`Completion::buffer`]).
+pub async fn recv_provided(fd: RawFd, max: usize) -> Completion {
+    let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), max as u32)
+        .buf_group(GROUP)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+    // SAFETY: the kernel writes into a buffer of the worker's buffer ring,
+    // which outlives every op; the op points at nothing else.
+    let (done, ()) = unsafe { Op::submit(&mut [entry], 0, ()) }.await;
+    done
+}
+
+/// Sends `len` bytes at `ptr` on `fd`, keeping `owner` (what owns those
+/// bytes) alive until the kernel is done; returns the bytes sent and
+/// `owner`.
+///
+/// # Safety
+/// `ptr..ptr + len` must be owned by `owner` and stay where it is while
+/// `owner` lives (heap memory, or a provided buffer `owner` leases).
+pub async unsafe fn send<T: Unpin + 'static>(
+    fd: RawFd,
+    ptr: *const u8,
+    len: usize,
+    owner: T,
+) -> (io::Result<u32>, T) {
+    let entry = opcode::Send::new(types::Fd(fd), ptr, len as u32)
+        .flags(libc::MSG_NOSIGNAL)
+        .build();
+    // SAFETY: forwarded from the caller.
+    let (done, owner) = unsafe { Op::submit(&mut [entry], 0, owner) }.await;
+    (done.into_result(), owner)
+}
+
+/// Receives from `fd` into `buffer` (up to its capacity, replacing what it
+/// held); returns the completion and the buffer, its length set to what
+/// arrived.
+pub async fn recv(fd: RawFd, mut buffer: Vec<u8>) -> (io::Result<u32>, Vec<u8>) {
+    buffer.clear();
+    let entry =
+        opcode::Recv::new(types::Fd(fd), buffer.as_mut_ptr(), buffer.capacity() as u32).build();
+    // SAFETY: the entry points into the vector's heap memory, which the op
+    // keeps and which does not move when the vector does.
+    let (done, mut buffer) = unsafe { Op::submit(&mut [entry], 0, buffer) }.await;
+    let result = done.into_result();
+    if let Ok(n) = result {
+        // SAFETY: the kernel initialised the first `n` bytes, and n <= capacity.
+        unsafe { buffer.set_len(n as usize) };
+    }
+    (result, buffer)
+}
+
+/// Shuts down `fd` for `how` (`SHUT_WR` for a half-close).
+pub async fn shutdown(fd: RawFd, how: i32) -> io::Result<()> {
+    let entry = opcode::Shutdown::new(types::Fd(fd), how).build();
+    // SAFETY: a shutdown points at nothing.
+    let (done, ()) = unsafe { Op::submit(&mut [entry], 0, ()) }.await;
+    done.into_result().map(|_| ())
+}
+
+/// Closes `fd` through the ring without waiting for it (with no loop on
+/// this thread, at once).
+pub fn close(fd: OwnedFd) {
+    let mut fd = Some(fd);
+    super::try_current(|runtime| {
+        if let Some(fd) = fd.take() {
+            let raw = fd.into_raw_fd();
+            let entry = opcode::Close::new(types::Fd(raw))
+                .build()
+                .user_data(IGNORED);
+            // SAFETY: a close points at nothing; the descriptor is the
+            // ring's to close from here on.
+            unsafe { runtime.driver.push(&[entry]) };
+        }
+    });
+}
+
+/// Reads an eventfd's counter (8 bytes) into the op's own buffer.
+pub async fn read_eventfd(fd: RawFd) -> io::Result<u64> {
+    let mut buf = Box::new([0u8; 8]);
+    let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build();
+    // SAFETY: the entry points into the boxed buffer the op keeps.
+    let (done, buf) = unsafe { Op::submit(&mut [entry], 0, buf) }.await;
+    done.into_result()?;
+    Ok(u64::from_ne_bytes(*buf))
+}
