@@ -18,8 +18,9 @@
 
 use super::budget::{Budget, Slot};
 use crate::log_limit::RESOURCE_ERRORS;
+use crate::proxy::epoll::Epoll;
 use crate::proxy::listener::readiness;
-use crate::proxy::session::{self, Client, WorkerState};
+use crate::proxy::session::{self, WorkerState};
 use rustix::net::{SocketFlags, acceptfrom_with};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,7 +37,7 @@ const BACKOFF: Duration = Duration::from_millis(100);
 pub async fn accept_loop(
     socket: TcpListener,
     name: Arc<str>,
-    worker: Rc<WorkerState>,
+    worker: Rc<WorkerState<Epoll>>,
     budget: Arc<Budget>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -50,13 +51,7 @@ pub async fn accept_loop(
             return;
         }
     };
-    // Clients for the copy path go to io_uring, which answers EAGAIN
-    // instead of waiting on an O_NONBLOCK socket.
-    let flags = if worker.pipes.is_some() {
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
-    } else {
-        SocketFlags::CLOEXEC
-    };
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
     loop {
         if !budget.has_room() {
             tokio::select! {
@@ -88,7 +83,7 @@ pub async fn accept_loop(
                     Some(Ok(peer)) => Ok(peer),
                     _ => stream.peer_addr(),
                 };
-                match peer.and_then(|peer| Ok((client(stream, flags)?, peer))) {
+                match peer.and_then(|peer| Ok((tokio::net::TcpStream::from_std(stream)?, peer))) {
                     Ok((client, peer)) => serve(client, peer, &name, &worker, slot),
                     Err(e) => log::debug!("listener {name}: accepted client: {e}"),
                 }
@@ -104,17 +99,14 @@ pub async fn accept_loop(
     // The socket closes here: clients are refused from now on.
 }
 
-/// The accepted socket on the event loop that forwards it.
-fn client(stream: TcpStream, flags: SocketFlags) -> io::Result<Client> {
-    if flags.contains(SocketFlags::NONBLOCK) {
-        tokio::net::TcpStream::from_std(stream).map(Client::Ready)
-    } else {
-        Ok(Client::Uring(tokio_uring::net::TcpStream::from_std(stream)))
-    }
-}
-
 /// Serves `client` on this worker; its slot is freed when it is done.
-fn serve(client: Client, peer: SocketAddr, name: &Arc<str>, worker: &Rc<WorkerState>, slot: Slot) {
+fn serve(
+    client: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: &Arc<str>,
+    worker: &Rc<WorkerState<Epoll>>,
+    slot: Slot,
+) {
     let (name, worker) = (Arc::clone(name), Rc::clone(worker));
     tokio::task::spawn_local(async move {
         session::serve(client, peer, name, worker).await;
@@ -123,27 +115,44 @@ fn serve(client: Client, peer: SocketAddr, name: &Arc<str>, worker: &Rc<WorkerSt
 }
 
 async fn handle_error(error: &io::Error, name: &str) {
+    if let Some(pause) = backoff(error, name) {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Logs a failed accept (rate-limited) and says how long to pause before
+/// accepting again, if at all. Shared by both event loops.
+pub(super) fn backoff(error: &io::Error, name: &str) -> Option<Duration> {
+    if is_resource_error(error) {
+        if let Some(held_back) = RESOURCE_ERRORS.allow() {
+            log::warn!(
+                "listener {name}: accept failed: {error}; retrying every {}ms, clients wait in \
+                 the backlog ({held_back} similar errors since the last report; raise \
+                 `ulimit -n` if this persists)",
+                BACKOFF.as_millis()
+            );
+        }
+        return Some(BACKOFF);
+    }
     match error.raw_os_error() {
         // The client gave up before we accepted it: nothing to do.
         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR) => {
             log::debug!("listener {name}: accept: {error}");
-        }
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            if let Some(held_back) = RESOURCE_ERRORS.allow() {
-                log::warn!(
-                    "listener {name}: accept failed: {error}; retrying every {}ms, clients wait in \
-                     the backlog ({held_back} similar errors since the last report; raise \
-                     `ulimit -n` if this persists)",
-                    BACKOFF.as_millis()
-                );
-            }
-            tokio::time::sleep(BACKOFF).await;
+            None
         }
         _ => {
             if RESOURCE_ERRORS.allow().is_some() {
                 log::warn!("listener {name}: accept failed: {error}; retrying");
             }
-            tokio::time::sleep(BACKOFF).await;
+            Some(BACKOFF)
         }
     }
+}
+
+/// Whether a failed accept failed for want of descriptors or memory.
+fn is_resource_error(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

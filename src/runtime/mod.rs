@@ -4,8 +4,11 @@
 mod accept;
 mod affinity;
 mod budget;
+mod epoll_loop;
 mod listeners;
 mod port_check;
+mod ring_accept;
+mod ring_loop;
 mod worker;
 
 pub use budget::accept_paused_seconds;
@@ -238,9 +241,11 @@ impl Proxy {
                 stop: stop_rx.clone(),
                 access_log: access_log.clone(),
                 forward: config.runtime.forward,
+                event_loop: config.runtime.event_loop,
                 max_pipes,
                 pipe_size: config.runtime.pipe_size,
                 budget: Arc::clone(&budget),
+                accept_burst: config.runtime.backlog as usize * config.runtime.workers,
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()

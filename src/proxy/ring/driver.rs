@@ -79,7 +79,7 @@ pub struct Driver {
     /// What the kernel offers.
     pub features: Features,
     /// The provided buffers recvs read into (buffer group 0).
-    pub(super) buffers: BufRing,
+    pub buffers: BufRing,
     /// Entries pushed since the last enter: whether an enter has work.
     pending: Cell<usize>,
 }

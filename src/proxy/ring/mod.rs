@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
 
     /// Accept, recv into a provided buffer, send it back, half-close, all
     /// through the ring; a timer and a wake from another thread on the way.
@@ -208,9 +208,7 @@ mod tests {
             std::thread::spawn(move || tx.send(7).unwrap());
             assert_eq!(rx.await.unwrap(), 7);
             let mut accepts = op::accept_multi(listener.as_raw_fd());
-            let fd = accepts.next().await.unwrap().into_result().unwrap();
-            // SAFETY: the accept's result is a new descriptor we own.
-            let stream = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            let stream = accepts.next().await.unwrap().unwrap();
             let mut echoed = 0;
             loop {
                 let done = op::recv_provided(stream.as_raw_fd(), 4096).await;

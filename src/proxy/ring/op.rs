@@ -13,7 +13,7 @@ use io_uring::{opcode, squeue, types};
 use socket2::SockAddr;
 use std::future::Future;
 use std::io;
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -143,7 +143,7 @@ impl Drop for Multi {
 
 /// Accepts on listening socket `fd` until cancelled or an error ends it;
 /// every accepted socket is non-blocking and close-on-exec.
-pub fn accept_multi(fd: RawFd) -> Multi {
+pub fn accept_multi(fd: RawFd) -> Accepts {
     let entry = opcode::AcceptMulti::new(types::Fd(fd))
         .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
         .build();
@@ -151,10 +151,32 @@ pub fn accept_multi(fd: RawFd) -> Multi {
     let id = runtime.driver.register_multi();
     // SAFETY: a multishot accept with no address buffer points at nothing.
     unsafe { runtime.driver.push(&[entry.user_data(id)]) };
-    Multi {
+    Accepts(Multi {
         id,
         ended: false,
         fds: true,
+    })
+}
+
+/// A multishot accept: the sockets it accepted, as they come.
+pub struct Accepts(Multi);
+
+impl Accepts {
+    /// The next accepted socket (or the error that ended the accept), or
+    /// `None` once the kernel has ended it: re-arm then.
+    pub async fn next(&mut self) -> Option<io::Result<OwnedFd>> {
+        let done = self.0.next().await?;
+        Some(done.into_result().map(|fd| {
+            // SAFETY: a successful accept's result is a new descriptor
+            // that nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+        }))
+    }
+
+    /// Asks the kernel to stop accepting; [`Accepts::next`] still yields
+    /// what it accepted meanwhile, then `None`.
+    pub fn cancel(&self) {
+        self.0.cancel();
     }
 }
 
