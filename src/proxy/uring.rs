@@ -8,12 +8,13 @@ use super::connect::ConnectError;
 use super::io::{EventLoop, Timer};
 use super::pump::Pumps;
 use super::relay::{Meters, Outcome};
-use super::ring::{op, timer};
+use super::ring::{self, op, timer};
 use super::ring_copy;
 use super::ring_stream::RingStream;
 use crate::config::ForwardMode;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -43,8 +44,9 @@ impl Timer for Ring {
 impl EventLoop for Ring {
     type Stream = RingStream;
 
-    /// The socket is made with one system call and `TCP_NODELAY` set with
-    /// another; the connect and its timeout are ring ops. A timed-out
+    /// The socket is made with one system call; `TCP_NODELAY`, the connect
+    /// and its timeout are one chain of ring ops (`TCP_NODELAY` is a system
+    /// call where the kernel lacks the ring's `SETSOCKOPT`, before 6.7). A timed-out
     /// connect is cancelled by the kernel itself, and dropping the future
     /// cancels it too; the socket closes through the ring either way.
     async fn connect(
@@ -54,11 +56,20 @@ impl EventLoop for Ring {
     ) -> Result<RingStream, ConnectError> {
         let ty = Type::STREAM.nonblocking().cloexec();
         let socket = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP))?;
-        socket.set_tcp_nodelay(true)?;
+        let ring_nodelay = ring::current().driver.features.setsockopt;
+        if !ring_nodelay {
+            socket.set_tcp_nodelay(true)?;
+        }
         let stream = RingStream::new(socket.into());
-        match op::connect(stream.raw(), &SockAddr::from(addr), timeout).await {
+        let started = Instant::now();
+        match op::connect(stream.raw(), &SockAddr::from(addr), timeout, ring_nodelay).await {
             Ok(()) => Ok(stream),
             Err(e) => Err(match e.raw_os_error() {
+                // Cancelled early: the linked TCP_NODELAY failed, not the
+                // endpoint.
+                Some(libc::ECANCELED) if started.elapsed() < timeout => {
+                    ConnectError::Other(io::Error::other("setting TCP_NODELAY failed"))
+                }
                 Some(libc::ECANCELED | libc::ETIME) => ConnectError::Timeout(timeout),
                 Some(libc::ECONNREFUSED) => ConnectError::Refused,
                 _ => ConnectError::Other(e),

@@ -54,6 +54,36 @@ const NEEDED: [(u8, &str); 8] = [
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
 ];
 
+/// Whether the ring's `SETSOCKOPT` command works (kernel 6.7; older ones
+/// know `URING_CMD` but not this command): sets `TCP_NODELAY` on a
+/// throwaway socket through a fresh ring, before any other op is queued.
+fn sets_nodelay(ring: &IoUring) -> bool {
+    let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+    else {
+        return false;
+    };
+    let one: libc::c_int = 1;
+    let entry = opcode::SetSockOpt::new(
+        types::Fd(std::os::fd::AsRawFd::as_raw_fd(&socket)),
+        libc::IPPROTO_TCP as u32,
+        libc::TCP_NODELAY as u32,
+        (&one as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as u32,
+    )
+    .build()
+    .user_data(0);
+    // SAFETY: the entry points at `one`, which lives until the wait below
+    // has seen the completion (or the ring is dropped with the function's
+    // caller failing: then nothing reads it).
+    let pushed = unsafe { ring.submission_shared().push(&entry) }.is_ok();
+    if !pushed || ring.submit_and_wait(1).is_err() {
+        return false;
+    }
+    // SAFETY: this thread is the ring's only user while it is set up.
+    let done = unsafe { ring.completion_shared() }.next();
+    done.is_some_and(|cqe| cqe.result() == 0) && socket.tcp_nodelay().unwrap_or(false)
+}
+
 /// Where one op stands.
 enum Slot {
     /// In flight; the waker of the task that awaits it, once polled.
@@ -123,7 +153,7 @@ impl Driver {
         }
         let features = Features {
             defer_taskrun,
-            setsockopt: probe.is_supported(opcode::SetSockOpt::CODE),
+            setsockopt: probe.is_supported(opcode::SetSockOpt::CODE) && sets_nodelay(&ring),
         };
         let buffers = BufRing::new(&ring, buffers, buffer_size)?;
         Ok(Driver {

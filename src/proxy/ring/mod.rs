@@ -251,9 +251,14 @@ mod tests {
             let socket =
                 socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             socket.set_nonblocking(true).unwrap();
-            let error = op::connect(socket.as_raw_fd(), &refused.into(), Duration::from_secs(5))
-                .await
-                .unwrap_err();
+            let error = op::connect(
+                socket.as_raw_fd(),
+                &refused.into(),
+                Duration::from_secs(5),
+                true,
+            )
+            .await
+            .unwrap_err();
             assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED));
             // A listener whose accept queue is full drops further SYNs.
             let full =
@@ -275,6 +280,7 @@ mod tests {
                 socket.as_raw_fd(),
                 &blackhole.into(),
                 Duration::from_millis(100),
+                false,
             )
             .await
             .unwrap_err();

@@ -180,28 +180,52 @@ impl Accepts {
     }
 }
 
-/// What a connect keeps alive: the address and the linked timeout's span.
+/// What a connect keeps alive: the address, the linked timeout's span and
+/// the `TCP_NODELAY` value.
 struct ConnectArgs {
     addr: SockAddr,
     timeout: types::Timespec,
+    one: libc::c_int,
 }
 
 /// Connects socket `fd` to `addr`, failing with `ECANCELED` after
 /// `timeout` (a `LINK_TIMEOUT` linked to the `CONNECT`: the kernel aborts
-/// the handshake, no timer of ours runs).
-pub async fn connect(fd: RawFd, addr: &SockAddr, timeout: Duration) -> io::Result<()> {
+/// the handshake, no timer of ours runs). With `nodelay`, a `SETSOCKOPT`
+/// of `TCP_NODELAY` is linked before the connect (the caller checked that
+/// the kernel has it): one ring op instead of a system call.
+pub async fn connect(
+    fd: RawFd,
+    addr: &SockAddr,
+    timeout: Duration,
+    nodelay: bool,
+) -> io::Result<()> {
     let args = Box::new(ConnectArgs {
         addr: addr.clone(),
         timeout: types::Timespec::from(timeout),
+        one: 1,
     });
     let connect = opcode::Connect::new(types::Fd(fd), args.addr.as_ptr().cast(), args.addr.len())
         .build()
         .flags(squeue::Flags::IO_LINK);
     let expire = opcode::LinkTimeout::new(&args.timeout).build();
-    // The connect's completion is the op's; the timeout's is ignored. Both
+    // The connect's completion is the op's; the others' are ignored. All
     // point into the boxed args, which the op keeps.
-    // SAFETY: the entries point into `args`, a box the op keeps.
-    let op = unsafe { Op::submit(&mut [connect, expire], 0, args) };
+    let op = if nodelay {
+        let set = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&args.one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .flags(squeue::Flags::IO_LINK);
+        // SAFETY: the entries point into `args`, a box the op keeps.
+        unsafe { Op::submit(&mut [set, connect, expire], 1, args) }
+    } else {
+        // SAFETY: as above.
+        unsafe { Op::submit(&mut [connect, expire], 0, args) }
+    };
     let (done, _) = op.await;
     done.into_result().map(|_| ())
 }
