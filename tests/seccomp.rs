@@ -55,9 +55,9 @@ fn without_io_uring(command: &mut Command) {
 }
 
 #[test]
-fn it_should_serve_in_auto_and_splice_mode_where_io_uring_is_refused() {
-    for mode in ["auto", "splice"] {
-        let text = with_forward(&config_text(&[(echo_backend(), 1)], ""), mode);
+fn it_should_serve_in_auto_and_splice_mode_on_either_event_loop_where_io_uring_is_refused() {
+    for mode in Mode::ALL.into_iter().filter(|m| m.forward != "copy") {
+        let text = with_mode(&config_text(&[(echo_backend(), 1)], ""), mode);
         let binary = Binary::start_with(&text, &[], without_io_uring);
         let mut c = TcpStream::connect(binary.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -79,7 +79,10 @@ fn it_should_serve_in_auto_and_splice_mode_where_io_uring_is_refused() {
 fn it_should_say_that_copy_mode_needs_io_uring_where_it_is_refused() {
     let dir = TempDir::new();
     let file = dir.join("l4mesh.toml");
-    let text = with_forward(&config_text(&[(echo_backend(), 1)], ""), "copy");
+    let text = with_mode(
+        &config_text(&[(echo_backend(), 1)], ""),
+        Mode::forward("copy"),
+    );
     std::fs::write(&file, text).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_l4mesh"));
     command.arg("-c").arg(&file).stderr(Stdio::piped());
@@ -92,4 +95,17 @@ fn it_should_say_that_copy_mode_needs_io_uring_where_it_is_refused() {
             && stderr.contains("`forward = \"auto\"` and `\"splice\"` do without it"),
         "{stderr}"
     );
+}
+
+#[test]
+#[ignore = "until the io_uring loop lands"]
+fn it_should_run_the_epoll_loop_on_every_worker_where_io_uring_is_refused() {
+    let text = with_mode(&config_text(&[(echo_backend(), 1)], ""), Mode::DEFAULT);
+    let binary = Binary::start_with(&text, &[], without_io_uring);
+    for worker in 0..2 {
+        let line = format!("worker {worker}: event loop epoll");
+        binary.wait_for_line(Duration::from_secs(10), &line);
+        assert_eq!(binary.count_lines(&line), 1, "{line}");
+    }
+    assert_eq!(binary.count_lines(": event loop io_uring"), 0);
 }
