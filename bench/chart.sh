@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Draws bench/results/latest.png: a bar chart of l4mesh's ratios to direct
-# and to the better HAProxy, from bench/results/latest.json (bench/run.sh
-# calls it at the end). Installs gnuplot (gnuplot-nox) if missing.
+# Draws bench/results/latest.png: a bar chart of l4mesh's ratios to direct,
+# to the better HAProxy and, when the run had it, to l4mesh-epoll (the same
+# binary on the epoll event loop), from bench/results/latest.json
+# (bench/run.sh calls it at the end). Installs gnuplot (gnuplot-nox) if missing.
 #
 #   bash bench/chart.sh [RESULTS.json [OUT.png]]
 set -euo pipefail
@@ -16,7 +17,8 @@ if ! command -v gnuplot >/dev/null; then
 fi
 DATA=$(mktemp)
 trap 'rm -f "$DATA"' EXIT
-# One row per metric: label, ratio to direct, ratio to the better HAProxy.
+# One row per metric: label, ratio to direct, ratio to the better HAProxy,
+# ratio to l4mesh-epoll.
 # Lower-is-better metrics are inverted, so taller is always better.
 python3 - "$IN" >"$DATA" <<'PY'
 import json, sys
@@ -37,12 +39,17 @@ for key, label in labels.items():
         if not v:
             return "NaN"
         return 1 / v if key.endswith("_us") or key.startswith("cpu_") else v
-    print(f'"{label}" {val("direct")} {val("best_haproxy")}')
+    print(f'"{label}" {val("direct")} {val("best_haproxy")} {val("epoll")}')
 PY
+EPOLL_PLOT="" VERSUS="direct and to the better HAProxy"
+if awk '$NF != "NaN" { found = 1 } END { exit !found }' "$DATA"; then
+  EPOLL_PLOT=', "" using 4 title "vs l4mesh-epoll" lc rgb "#59a14f"'
+  VERSUS="direct, the better HAProxy and l4mesh-epoll"
+fi
 gnuplot <<GNUPLOT
 set terminal pngcairo size 1100,520 noenhanced font "sans,10"
 set output "$OUT"
-set title "l4mesh relative to direct and to the better HAProxy (taller is better; latency and CPU rows inverted)"
+set title "l4mesh relative to $VERSUS (taller is better; latency and CPU rows inverted)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
@@ -54,6 +61,6 @@ set grid ytics
 set key left top
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2 lc rgb "#444444"
 plot "$DATA" using 2:xtic(1) title "vs direct" lc rgb "#4e79a7", \
-     "" using 3 title "vs better HAProxy" lc rgb "#f28e2b"
+     "" using 3 title "vs better HAProxy" lc rgb "#f28e2b"$EPOLL_PLOT
 GNUPLOT
 echo "chart: wrote $OUT"

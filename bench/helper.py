@@ -102,6 +102,8 @@ METRICS = [
 # Metrics of the proxy alone: nothing to show for direct.
 PROXY_ONLY = ("cpu_s_per_gb", "ka_proxy_cpu_us")
 HAPROXIES = ("haproxy", "haproxy-splice")
+# The same binary on the epoll event loop: the subject's other loop.
+EPOLL = "l4mesh-epoll"
 
 
 def load_runs(path):
@@ -152,12 +154,15 @@ def report(tsv, md_path, json_path):
     ratio_direct = has_subject and "direct" in proxies
     haproxies = [h for h in HAPROXIES if h in proxies]
     ratio_hap = has_subject and bool(haproxies)
+    ratio_epoll = has_subject and subject != EPOLL and EPOLL in proxies
 
     header = ["metric", "unit"] + proxies
     if ratio_direct:
         header.append(f"{subject} ÷ direct")
     if ratio_hap:
         header.append(f"{subject} ÷ best HAProxy")
+    if ratio_epoll:
+        header.append(f"{subject} ÷ {EPOLL}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ratios = {}
     for key, label, unit, direction, fmt in METRICS:
@@ -183,6 +188,13 @@ def report(tsv, md_path, json_path):
                     row.append(f"{mine / best[0]:.2f} (vs {best[1]})")
                 else:
                     row.append("n/a")
+        if ratio_epoll:
+            base = medians.get(EPOLL, {}).get(key)
+            if mine is None or not base:
+                row.append("n/a")
+            else:
+                ratios.setdefault(key, {})["epoll"] = mine / base
+                row.append(f"{mine / base:.2f}")
         lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
 
@@ -191,7 +203,11 @@ def report(tsv, md_path, json_path):
         "(each repeat runs every test against every proxy in turn).",
         "↑ higher is better, ↓ lower is better.",
     ]
-    if ratio_direct or ratio_hap:
+    if ratio_epoll:
+        notes.append(
+            f"{EPOLL} is the same binary and config as l4mesh with "
+            "`event_loop = \"epoll\"`: the ÷ column compares the event loops.")
+    if ratio_direct or ratio_hap or ratio_epoll:
         notes.append(
             f"Ratios are {subject} ÷ other, so for ↑ rows above 1 means {subject} is "
             "better, for ↓ rows below 1 means it is better.")

@@ -5,8 +5,11 @@
 #   bash bench/run.sh
 #
 # Environment (all optional):
-#   BENCH_PROXIES    proxies to run, in order (default: "direct l4mesh l4mesh-copy haproxy haproxy-splice nginx")
-#                    l4mesh runs with its default forward = "auto" (splice), l4mesh-copy with
+#   BENCH_PROXIES    proxies to run, in order (default: "direct l4mesh l4mesh-epoll l4mesh-copy
+#                    haproxy haproxy-splice nginx")
+#                    l4mesh runs with its defaults (forward = "auto", event_loop = "auto"),
+#                    l4mesh-epoll the same binary with event_loop = "epoll" (so the two
+#                    event loops meet in every row of one run), l4mesh-copy with
 #                    forward = "copy", l4mesh-unpinned with cpu_affinity = "off" (workers
 #                    left to the scheduler); l4mesh-base runs the binary BENCH_BASELINE_BIN (an older
 #                    build, e.g. to show what a change costs) with the same config, without
@@ -14,7 +17,7 @@
 #   BENCH_REPEATS    interleaved repeats; the median is reported (default 3)
 #   BENCH_SECONDS    duration of each iperf3 / wrk test (default 5)
 #   BENCH_PINGS      timed 64-byte ping-pong round trips (default 20000)
-#   BENCH_PORT_BASE  first loopback port used; 73 ports from there (default 24100)
+#   BENCH_PORT_BASE  first loopback port used; 83 ports from there (default 24100)
 #   BENCH_SUBJECT    proxy the ratio columns are computed for (default l4mesh)
 #   BENCH_MAX_SECONDS  stop starting new repeats after this long (default 1500)
 #   BENCH_LOCK       lock file shared with other benchmarks (bench/reload.sh),
@@ -34,8 +37,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/bench/helper.py"
-ALL_PROXIES="direct l4mesh l4mesh-copy l4mesh-base haproxy haproxy-splice nginx l4mesh-unpinned"
-DEFAULT_PROXIES="direct l4mesh l4mesh-copy haproxy haproxy-splice nginx"
+ALL_PROXIES="direct l4mesh l4mesh-copy l4mesh-base haproxy haproxy-splice nginx l4mesh-unpinned l4mesh-epoll"
+DEFAULT_PROXIES="direct l4mesh l4mesh-epoll l4mesh-copy haproxy haproxy-splice nginx"
 ERR_PREFIX=bench
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -65,7 +68,7 @@ CREATED_POLICY_RC=0
 check_settings() {
   require_positive REPEATS:BENCH_REPEATS DUR:BENCH_SECONDS PINGS:BENCH_PINGS \
     PORT_BASE:BENCH_PORT_BASE MAX_SECONDS:BENCH_MAX_SECONDS LOCK_WAIT:BENCH_LOCK_WAIT
-  require_port_range 73
+  require_port_range 83
   if want l4mesh-base; then
     [[ -x ${BENCH_BASELINE_BIN:-} ]] || die "l4mesh-base needs BENCH_BASELINE_BIN=/path/to/an/l4mesh binary"
   fi
@@ -150,7 +153,7 @@ install_deps() {
 build_binaries() {
   local target=${CARGO_TARGET_DIR:-$ROOT/target} blog="$WORK/logs/build.log"
   command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
-  if want l4mesh || want l4mesh-copy || want l4mesh-unpinned; then
+  if want l4mesh || want l4mesh-epoll || want l4mesh-copy || want l4mesh-unpinned; then
     log "building l4mesh and pingpong (cargo build --release; log: $blog)"
     (cd "$ROOT" && cargo build --release --bin l4mesh --example pingpong) >"$blog" 2>&1 ||
       { tail -n 30 "$blog" >&2; die "cargo build failed, see $blog"; }
@@ -238,6 +241,7 @@ proxy_config() {
     l4mesh*)
       {
         printf '[runtime]\nworkers = 2\nbuffer_size = 65536\ndrain_timeout = "1s"\n'
+        [[ $name == l4mesh-epoll ]] && printf 'event_loop = "epoll"\n'
         [[ $name == l4mesh-copy ]] && printf 'forward = "copy"\n'
         [[ $name == l4mesh-unpinned ]] && printf 'cpu_affinity = "off"\n'
         for t in iperf http ping; do
@@ -298,7 +302,7 @@ start_proxies() {
     log "starting $name"
     d="$WORK/$name"
     case $name in
-      l4mesh | l4mesh-copy | l4mesh-unpinned) start_server "$name" \
+      l4mesh | l4mesh-epoll | l4mesh-copy | l4mesh-unpinned) start_server "$name" \
         env RUST_LOG="${RUST_LOG:-warn}" "$L4MESH" -c "$d/l4mesh.toml" ;;
       l4mesh-base) start_server "$name" \
         env RUST_LOG="${RUST_LOG:-warn}" "$BENCH_BASELINE_BIN" -c "$d/l4mesh.toml" ;;

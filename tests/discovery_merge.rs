@@ -21,9 +21,9 @@ fn silent() -> SocketAddr {
     *SILENT.get_or_init(refusing_address)
 }
 
-fn config(mode: &str, file: &[SocketAddr], discovery: &str) -> String {
+fn config(mode: Mode, file: &[SocketAddr], discovery: &str) -> String {
     let silent = silent();
-    with_forward(
+    with_mode(
         &format!(
             "[runtime]\nworkers = 2\n[registry]\nsocket = \"SOCKET\"\n\
              [discovery.etcd]\nendpoints = [\"http://{silent}\"]\ndial_timeout = \"100ms\"\n\
@@ -135,7 +135,7 @@ per_mode! {
 fn it_should_publish_nothing_for_an_update_that_changes_nothing() {
     let a = tagged_echo_backend(b'A');
     let b = tagged_echo_backend(b'B');
-    let served = Served::start(&config("auto", &[a], "discovery = \"etcd\""));
+    let served = Served::start(&config(Mode::DEFAULT, &[a], "discovery = \"etcd\""));
     let control = served.server.control();
     let set = || {
         update(
@@ -161,7 +161,7 @@ fn it_should_publish_nothing_for_an_update_that_changes_nothing() {
 fn it_should_refuse_to_register_or_deregister_what_etcd_owns() {
     let a = tagged_echo_backend(b'A');
     let b = tagged_echo_backend(b'B');
-    let served = Served::start(&config("auto", &[a], "discovery = \"etcd\""));
+    let served = Served::start(&config(Mode::DEFAULT, &[a], "discovery = \"etcd\""));
     served.server.control().discovered(update(
         Source::Etcd,
         Scope::All,
@@ -184,7 +184,7 @@ fn it_should_fail_over_to_the_next_dns_tier_only_when_the_first_is_gone() {
     let mut b = Switchable::tagged(b'B');
     let c = tagged_echo_backend(b'C');
     let text = config(
-        "auto",
+        Mode::DEFAULT,
         &[],
         "discovery = { srv = \"_web._tcp.example.internal\", refresh = \"1h\" }\n\
          [services.web.outlier]\nconsecutive_failures = 1\nbase_ejection = \"30s\"\n\
@@ -221,7 +221,7 @@ fn it_should_fail_over_to_the_next_dns_tier_only_when_the_first_is_gone() {
 fn it_should_drop_and_restore_etcd_endpoints_when_a_reload_toggles_discovery() {
     let a = tagged_echo_backend(b'A');
     let b = tagged_echo_backend(b'B');
-    let served = Served::start(&config("auto", &[a], "discovery = \"etcd\""));
+    let served = Served::start(&config(Mode::DEFAULT, &[a], "discovery = \"etcd\""));
     served.server.control().discovered(update(
         Source::Etcd,
         Scope::All,
@@ -230,13 +230,13 @@ fn it_should_drop_and_restore_etcd_endpoints_when_a_reload_toggles_discovery() {
     eventually(Duration::from_secs(1), "b listed", || {
         listed(&served, "web").len() == 2
     });
-    served.write(&config("auto", &[a], ""));
+    served.write(&config(Mode::DEFAULT, &[a], ""));
     served.wait_for_reloads(1);
     assert_eq!(
         listed(&served, "web"),
         HashSet::from([(a, "file".to_string())])
     );
-    served.write(&config("auto", &[a], "discovery = \"etcd\""));
+    served.write(&config(Mode::DEFAULT, &[a], "discovery = \"etcd\""));
     served.wait_for_reloads(2);
     assert_eq!(
         listed(&served, "web"),
@@ -248,7 +248,7 @@ fn it_should_drop_and_restore_etcd_endpoints_when_a_reload_toggles_discovery() {
 fn it_should_skip_a_discovered_address_that_loops_or_cannot_be_connected_to() {
     let a = tagged_echo_backend(b'A');
     let b = tagged_echo_backend(b'B');
-    let served = Served::start(&config("auto", &[a], "discovery = \"etcd\""));
+    let served = Served::start(&config(Mode::DEFAULT, &[a], "discovery = \"etcd\""));
     let own = served.addr("other");
     let multicast: SocketAddr = "224.0.0.1:80".parse().unwrap();
     served.server.control().discovered(update(

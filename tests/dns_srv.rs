@@ -505,8 +505,8 @@ fn a_reload_to_other_name_servers_asks_them() {
 /// A config for the binary: an admin listener, `[discovery.dns]` on `dns`,
 /// listener `web` in front of service `web` that follows NAME's SRV
 /// records, plus `extra` (tables after the service's keys).
-fn binary_config(mode: &str, dns: SocketAddr, extra: &str) -> String {
-    with_forward(
+fn binary_config(mode: Mode, dns: SocketAddr, extra: &str) -> String {
+    with_mode(
         &format!(
             "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [discovery.dns]\nservers = [\"{dns}\"]\ntimeout = \"200ms\"\n\
@@ -604,7 +604,7 @@ fn through_the_binary_srv_weights_share_the_connections() {
         ]
     };
     let mut dns = Dnsmasq::start(60, &weighted(3, 1));
-    let binary = Binary::start(&binary_config("auto", dns.addr(), ""), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, dns.addr(), ""), &[]);
     let web = binary.addr();
     eventually(WITHIN, "both serve", || tags(web, 8) == set_of(b"AB"));
     // Smooth weighted round robin is exact over a whole cycle.
@@ -626,7 +626,7 @@ fn through_the_binary_the_next_priority_serves_while_the_first_is_down() {
     );
     let health = "[services.web.health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
                   healthy_threshold = 1\nunhealthy_threshold = 1\n";
-    let binary = Binary::start(&binary_config("auto", dns.addr(), health), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, dns.addr(), health), &[]);
     let web = binary.addr();
     eventually(WITHIN, "tier 0 (a) takes everything", || {
         tags(web, 20) == set_of(b"A")
@@ -647,7 +647,7 @@ fn through_the_binary_a_dead_dns_server_leaves_the_endpoints_serving() {
     let a = tagged_echo_backend(b'A');
     let b = tagged_echo_backend(b'B');
     let mut dns = Dnsmasq::start(60, &srv_records(&[("a", a.port(), 0)]));
-    let binary = Binary::start(&binary_config("auto", dns.addr(), ""), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, dns.addr(), ""), &[]);
     let web = binary.addr();
     let admin = binary.admin_addr(Duration::from_secs(5));
     eventually(WITHIN, "a serves", || tags(web, 5) == set_of(b"A"));

@@ -33,9 +33,9 @@ fn key(addr: SocketAddr) -> String {
 /// A config for the binary: an admin listener, `[discovery.etcd]` on
 /// `urls` (comma-separated), listener `web` in front of service `web`,
 /// which follows etcd.
-fn binary_config(mode: &str, urls: &str) -> String {
+fn binary_config(mode: Mode, urls: &str) -> String {
     let endpoints: Vec<String> = urls.split(',').map(|u| format!("\"{u}\"")).collect();
-    with_forward(
+    with_mode(
         &format!(
             "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [discovery.etcd]\nendpoints = [{}]\ndial_timeout = \"500ms\"\n\
@@ -282,7 +282,10 @@ fn etcd_killed_mid_traffic_keeps_the_last_endpoints_then_catches_up_with_changes
     let mut cluster = Cluster::start(3);
     cluster.any().put(&key(a), r#"{"weight": 1}"#);
     // l4mesh knows m0 only.
-    let binary = Binary::start(&binary_config("auto", &cluster.members[0].url()), &[]);
+    let binary = Binary::start(
+        &binary_config(Mode::DEFAULT, &cluster.members[0].url()),
+        &[],
+    );
     let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
     assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
@@ -328,7 +331,7 @@ fn a_restarted_etcd_is_followed_again_from_the_revision_where_l4mesh_left_off() 
     let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
     let mut etcd = Etcd::start();
     etcd.put(&key(a), "");
-    let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, &etcd.url()), &[]);
     let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
     let revision = etcd.revision();
@@ -370,7 +373,10 @@ fn a_compaction_while_the_proxy_is_away_forces_a_full_resync_with_nothing_stale(
     let mut cluster = Cluster::start(3);
     cluster.any().put(&key(a), "");
     cluster.any().put(&key(b), "");
-    let binary = Binary::start(&binary_config("auto", &cluster.members[0].url()), &[]);
+    let binary = Binary::start(
+        &binary_config(Mode::DEFAULT, &cluster.members[0].url()),
+        &[],
+    );
     let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a and b serve", || tags(web, 6) == set_of(b"AB"));
 
@@ -402,7 +408,7 @@ fn malformed_keys_and_values_are_skipped_with_a_warning_naming_the_key_and_the_r
     let (a, b) = (tagged_echo_backend(b'A'), tagged_echo_backend(b'B'));
     let etcd = Etcd::start();
     etcd.put(&key(a), "");
-    let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, &etcd.url()), &[]);
     let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "a serves", || tags(web, 4) == set_of(b"A"));
     let bad_json = "/l4mesh/services/web/endpoints/127.0.0.1:1";
@@ -442,7 +448,7 @@ fn malformed_keys_and_values_are_skipped_with_a_warning_naming_the_key_and_the_r
     etcd.delete(&key(c));
     // A restart reads them all again, with the same verdicts.
     drop(binary);
-    let binary = Binary::start(&binary_config("auto", &etcd.url()), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, &etcd.url()), &[]);
     binary.wait_for_line(WITHIN, &format!("key {zero} skipped"));
     let web = binary.addr();
     eventually(WITHIN, "a and b serve", || tags(web, 6) == set_of(b"AB"));
@@ -454,7 +460,7 @@ fn the_proxy_follows_a_three_member_cluster_through_the_death_of_each_member_and
     let backends: Vec<SocketAddr> = (0..4u8).map(|i| tagged_echo_backend(b'0' + i)).collect();
     let mut cluster = Cluster::start(3);
     cluster.any().put(&key(backends[0]), "");
-    let binary = Binary::start(&binary_config("auto", &cluster.urls()), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, &cluster.urls()), &[]);
     let (web, admin) = (binary.addr(), binary.admin_addr(WITHIN));
     eventually(WITHIN, "0 serves", || tags(web, 4) == set_of(b"0"));
     // Whichever member l4mesh is connected to, one of these kills it.
@@ -490,7 +496,7 @@ fn a_frozen_member_is_left_within_the_keep_alive_timeout_and_no_change_is_missed
     let backends: Vec<SocketAddr> = (0..4u8).map(|i| tagged_echo_backend(b'0' + i)).collect();
     let cluster = Cluster::start(3);
     cluster.any().put(&key(backends[0]), "");
-    let binary = Binary::start(&binary_config("auto", &cluster.urls()), &[]);
+    let binary = Binary::start(&binary_config(Mode::DEFAULT, &cluster.urls()), &[]);
     let web = binary.addr();
     eventually(WITHIN, "0 serves", || tags(web, 4) == set_of(b"0"));
     // A frozen member (SIGSTOP: its sockets stay open, nothing answers,

@@ -21,7 +21,7 @@ fn key(addr: SocketAddr) -> String {
 
 /// A proxy for service `web` (file endpoint `file`, plus etcd's) watching
 /// `etcd_urls`, with a registry socket in `dir`.
-fn proxy(mode: &str, file: SocketAddr, etcd_urls: &[String], dir: &TempDir) -> Binary {
+fn proxy(mode: Mode, file: SocketAddr, etcd_urls: &[String], dir: &TempDir) -> Binary {
     let urls: Vec<String> = etcd_urls.iter().map(|u| format!("\"{u}\"")).collect();
     let text = format!(
         "{}[registry]\nsocket = \"{}\"\n\
@@ -30,7 +30,7 @@ fn proxy(mode: &str, file: SocketAddr, etcd_urls: &[String], dir: &TempDir) -> B
         dir.join("registry.sock").display(),
         urls.join(", ")
     );
-    Binary::start(&with_forward(&text, mode), &[])
+    Binary::start(&with_mode(&text, mode), &[])
 }
 
 /// The endpoints `list web` shows from etcd.
@@ -149,7 +149,7 @@ fn etcd_killed_mid_traffic_keeps_serving_and_catches_up() {
     kv.put(&key(b), "{\"weight\": 1}");
     kv.put(&key(c), "{}");
     let dir = TempDir::new();
-    let l4 = proxy("auto", a, &[gate.url()], &dir);
+    let l4 = proxy(Mode::DEFAULT, a, &[gate.url()], &dir);
     let web = l4.addr();
     eventually(Duration::from_secs(2), "B and C from etcd", || {
         from_etcd(&dir).len() == 2
@@ -213,8 +213,8 @@ fn two_proxies_watching_one_etcd_converge() {
     let etcd = Etcd::start();
     let a = tagged_echo_backend(b'A');
     let (d1, d2) = (TempDir::new(), TempDir::new());
-    let _p1 = proxy("auto", a, &etcd.urls(), &d1);
-    let _p2 = proxy("auto", a, &etcd.urls(), &d2);
+    let _p1 = proxy(Mode::DEFAULT, a, &etcd.urls(), &d1);
+    let _p2 = proxy(Mode::DEFAULT, a, &etcd.urls(), &d2);
     let mut kv = etcd.kv();
     let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], 20000 + i));
     let mut want = HashSet::new();

@@ -21,139 +21,83 @@ fn pattern(seed: &mut u64, chunk: &mut [u8]) {
     }
 }
 
-#[test]
-fn it_should_echo_100_megabytes_exactly_when_splicing() {
-    echo_100_megabytes("splice");
-}
-
-#[test]
-fn it_should_echo_100_megabytes_exactly_when_copying() {
-    echo_100_megabytes("copy");
-}
-
-#[test]
-fn it_should_echo_100_megabytes_exactly_in_auto_mode() {
-    echo_100_megabytes("auto");
-}
-
-fn echo_100_megabytes(mode: &str) {
-    const TOTAL: usize = 100 << 20;
-    let proxy = start_proxy(&with_forward(
-        &config_text(&[(echo_backend(), 1)], ""),
-        mode,
-    ));
-    let mut client = connect(&proxy);
-    let mut writer = client.try_clone().unwrap();
-    let sent = thread::spawn(move || {
-        let (mut seed, mut hash, mut chunk) =
-            (0x9E37_79B9_7F4A_7C15u64, Sha256::new(), vec![0; 1 << 16]);
-        for _ in 0..TOTAL / chunk.len() {
-            pattern(&mut seed, &mut chunk);
-            hash.update(&chunk);
-            writer.write_all(&chunk).unwrap();
-        }
-        writer.shutdown(Shutdown::Write).unwrap();
-        hash.finalize()
-    });
-    let (mut received, mut hash, mut chunk) = (0, Sha256::new(), vec![0; 1 << 16]);
-    loop {
-        let n = client.read(&mut chunk).unwrap();
-        if n == 0 {
-            break;
-        }
-        hash.update(&chunk[..n]);
-        received += n;
-    }
-    assert_eq!(received, TOTAL);
-    assert_eq!(hash.finalize(), sent.join().unwrap());
-}
-
-#[test]
-fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_when_splicing() {
-    small_round_trips("splice");
-}
-
-#[test]
-fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_when_copying() {
-    small_round_trips("copy");
-}
-
-#[test]
-fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall_in_auto_mode() {
-    small_round_trips("auto");
-}
-
-/// Thousands of short messages, each answered before the next: every fill
-/// is short, so a readiness cleared wrongly would stall a round trip (the
-/// read timeout fails the test). Sizes vary from 1 byte to past the
-/// short-fill threshold, and every 100th is 200 KB, so `auto` moves between
-/// copying and splicing both ways; the last message arrives with the
-/// client's EOF.
-fn small_round_trips(mode: &str) {
-    let proxy = start_proxy(&with_forward(
-        &config_text(&[(echo_backend(), 1)], ""),
-        mode,
-    ));
-    let mut client = connect(&proxy);
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut back = vec![0; 200_000];
-    for round in 0..3000usize {
-        let size = if round % 100 == 99 {
-            200_000
-        } else {
-            1 + round % 1500
-        };
-        let message: Vec<u8> = (0..size).map(|i| (i + round) as u8).collect();
+per_mode! {
+    fn it_should_echo_100_megabytes_exactly(mode) {
+        const TOTAL: usize = 100 << 20;
+        let proxy = start_proxy(&with_mode(&config_text(&[(echo_backend(), 1)], ""), mode));
+        let mut client = connect(&proxy);
         let mut writer = client.try_clone().unwrap();
-        let sent = message.clone();
-        let writing = thread::spawn(move || writer.write_all(&sent).unwrap());
-        client.read_exact(&mut back[..size]).unwrap();
-        writing.join().unwrap();
-        assert!(back[..size] == message[..], "round {round}");
+        let sent = thread::spawn(move || {
+            let (mut seed, mut hash, mut chunk) =
+                (0x9E37_79B9_7F4A_7C15u64, Sha256::new(), vec![0; 1 << 16]);
+            for _ in 0..TOTAL / chunk.len() {
+                pattern(&mut seed, &mut chunk);
+                hash.update(&chunk);
+                writer.write_all(&chunk).unwrap();
+            }
+            writer.shutdown(Shutdown::Write).unwrap();
+            hash.finalize()
+        });
+        let (mut received, mut hash, mut chunk) = (0, Sha256::new(), vec![0; 1 << 16]);
+        loop {
+            let n = client.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            hash.update(&chunk[..n]);
+            received += n;
+        }
+        assert_eq!(received, TOTAL, "{mode}");
+        assert_eq!(hash.finalize(), sent.join().unwrap(), "{mode}");
     }
-    client.write_all(b"last").unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    client.read_to_end(&mut rest).unwrap();
-    assert_eq!(rest, b"last");
 }
 
-#[test]
-fn it_should_carry_the_bytes_around_urgent_data_when_splicing() {
-    urgent_data("splice");
+per_mode! {
+    /// Thousands of short messages, each answered before the next: every fill
+    /// is short, so a readiness cleared wrongly would stall a round trip (the
+    /// read timeout fails the test). Sizes vary from 1 byte to past the
+    /// short-fill threshold, and every 100th is 200 KB, so `auto` moves between
+    /// copying and splicing both ways; the last message arrives with the
+    /// client's EOF.
+    fn it_should_carry_small_round_trips_and_a_trailing_eof_without_a_stall(mode) {
+        let proxy = start_proxy(&with_mode(&config_text(&[(echo_backend(), 1)], ""), mode));
+        let mut client = connect(&proxy);
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut back = vec![0; 200_000];
+        for round in 0..3000usize {
+            let size = if round % 100 == 99 { 200_000 } else { 1 + round % 1500 };
+            let message: Vec<u8> = (0..size).map(|i| (i + round) as u8).collect();
+            let mut writer = client.try_clone().unwrap();
+            let sent = message.clone();
+            let writing = thread::spawn(move || writer.write_all(&sent).unwrap());
+            client.read_exact(&mut back[..size]).unwrap();
+            writing.join().unwrap();
+            assert!(back[..size] == message[..], "{mode}: round {round}");
+        }
+        client.write_all(b"last").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"last", "{mode}");
+    }
 }
 
-#[test]
-fn it_should_carry_the_bytes_around_urgent_data_when_copying() {
-    urgent_data("copy");
-}
-
-#[test]
-fn it_should_carry_the_bytes_around_urgent_data_in_auto_mode() {
-    urgent_data("auto");
-}
-
-/// TCP urgent (out-of-band) data followed by the client's EOF: like HAProxy
-/// and nginx, the urgent byte itself is dropped and every byte around it
-/// carried. Splicing cannot pass the urgent mark; the recv that confirms
-/// its "EOF" does (without an EOF, see docs/DESIGN.md).
-fn urgent_data(mode: &str) {
-    let proxy = start_proxy(&with_forward(
-        &config_text(&[(echo_backend(), 1)], ""),
-        mode,
-    ));
-    let mut client = connect(&proxy);
-    client.write_all(b"abc").unwrap();
-    socket2::SockRef::from(&client)
-        .send_out_of_band(b"!")
-        .unwrap();
-    client.write_all(b"def").unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    client.read_to_end(&mut back).unwrap();
-    assert_eq!(back, b"abcdef");
+per_mode! {
+    /// TCP urgent (out-of-band) data followed by the client's EOF: like HAProxy
+    /// and nginx, the urgent byte itself is dropped and every byte around it
+    /// carried. Splicing cannot pass the urgent mark; the recv that confirms
+    /// its "EOF" does (without an EOF, see docs/DESIGN.md).
+    fn it_should_carry_the_bytes_around_urgent_data(mode) {
+        let proxy = start_proxy(&with_mode(&config_text(&[(echo_backend(), 1)], ""), mode));
+        let mut client = connect(&proxy);
+        client.write_all(b"abc").unwrap();
+        socket2::SockRef::from(&client).send_out_of_band(b"!").unwrap();
+        client.write_all(b"def").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"abcdef", "{mode}");
+    }
 }
 
 per_mode! {
@@ -165,7 +109,7 @@ per_mode! {
             s.write_all(format!("got {} bytes", request.len()).as_bytes())
                 .unwrap();
         });
-        let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
+        let proxy = start_proxy(&with_mode(&config_text(&[(upstream, 1)], ""), mode));
         let mut client = connect(&proxy);
         client.write_all(&[7; 5000]).unwrap();
         client.shutdown(Shutdown::Write).unwrap();
@@ -184,7 +128,7 @@ per_mode! {
             s.read_to_end(&mut rest).unwrap();
             got_tx.send(rest).unwrap();
         });
-        let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
+        let proxy = start_proxy(&with_mode(&config_text(&[(upstream, 1)], ""), mode));
         let mut client = connect(&proxy);
         assert_eq!(read_to_end(&mut client), (b"bye".to_vec(), Ended::Eof), "{mode}");
         client.write_all(b"still talking").unwrap();

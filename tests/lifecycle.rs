@@ -41,7 +41,7 @@ per_mode! {
     /// client is told so with a reset.
     fn it_should_reset_what_is_left_when_drain_timeout_runs_out(mode) {
     let text = config_text(&[(echo_backend(), 1)], "").replace("\"5s\"", "\"300ms\"");
-    let proxy = start_proxy(&with_forward(&text, mode));
+    let proxy = start_proxy(&with_mode(&text, mode));
     let mut open = connect(&proxy);
     assert_eq!(round_trip(&mut open, "x"), "x");
     let started = Instant::now();

@@ -1,6 +1,8 @@
 //! Running where io_uring is refused, as under the default seccomp profile
-//! of Docker (since 25) and containerd: the epoll loop needs no ring, and
-//! every forwarding mode serves.
+//! of Docker (since 25) and containerd: with `event_loop = "auto"` (the
+//! default) every worker runs the epoll loop, said once, and serves in
+//! every forward mode; `event_loop = "io_uring"` refuses to start and says
+//! why.
 #![cfg(target_arch = "x86_64")]
 
 mod common;
@@ -9,7 +11,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// In the child before it runs l4mesh: a seccomp filter that answers
@@ -56,8 +58,8 @@ fn without_io_uring(command: &mut Command) {
 
 #[test]
 fn it_should_serve_in_every_forward_mode_where_io_uring_is_refused() {
-    for mode in FORWARD_MODES {
-        let text = with_forward(&config_text(&[(echo_backend(), 1)], ""), mode);
+    for mode in Mode::ALL {
+        let text = with_mode(&config_text(&[(echo_backend(), 1)], ""), mode);
         let binary = Binary::start_with(&text, &[], without_io_uring);
         let mut c = TcpStream::connect(binary.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -73,4 +75,40 @@ fn it_should_serve_in_every_forward_mode_where_io_uring_is_refused() {
         writing.join().unwrap();
         assert!(back == sent, "{mode}: {} bytes came back", back.len());
     }
+}
+
+#[test]
+fn it_should_refuse_to_start_with_event_loop_io_uring_where_io_uring_is_refused() {
+    let dir = TempDir::new();
+    let file = dir.join("l4mesh.toml");
+    let text = with_mode(
+        &config_text(&[(echo_backend(), 1)], ""),
+        Mode::new("auto", "io_uring"),
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_l4mesh"));
+    command.arg("-c").arg(&file).stderr(Stdio::piped());
+    without_io_uring(&mut command);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot set up io_uring, which `event_loop = \"io_uring\"` needs")
+            && stderr.contains("fix: event_loop = \"auto\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn it_should_run_the_epoll_loop_on_every_worker_where_io_uring_is_refused() {
+    let text = with_mode(&config_text(&[(echo_backend(), 1)], ""), Mode::DEFAULT);
+    let binary = Binary::start_with(&text, &[], without_io_uring);
+    for worker in 0..2 {
+        let line = format!("worker {worker}: event loop epoll");
+        binary.wait_for_line(Duration::from_secs(10), &line);
+        assert_eq!(binary.count_lines(&line), 1, "{line}");
+    }
+    assert_eq!(binary.count_lines(": event loop io_uring"), 0);
+    // Said once for the process, not once per worker.
+    assert_eq!(binary.count_lines("io_uring is not available here"), 1);
 }

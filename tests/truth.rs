@@ -88,7 +88,7 @@ per_mode! {
     fn it_should_never_cut_a_slow_reader_while_bytes_still_move(mode) {
         for (len, rate) in [(256 << 10, 64_000), (8 << 20, 64_000), (8 << 20, 256_000)] {
             let text = config_text(&[(sending_backend(len), 1)], "idle_timeout = \"500ms\"");
-            let proxy = start_proxy(&with_forward(&text, mode));
+            let proxy = start_proxy(&with_mode(&text, mode));
             let mut client = small_window_client(proxy.local_addr("web").unwrap());
             let (got, ended) = read_slowly(&mut client, rate, Duration::from_millis(1500));
             assert_eq!(
@@ -118,7 +118,7 @@ per_mode! {
             let _ = tx.send(s.read_to_end(&mut rest).map_err(|e| e.kind()));
         });
         let text = config_text(&[(upstream, 1)], "idle_timeout = \"300ms\"");
-        let proxy = start_proxy(&with_forward(&text, mode));
+        let proxy = start_proxy(&with_mode(&text, mode));
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         socket.set_recv_buffer_size(1 << 20).unwrap();
         socket.connect(&proxy.local_addr("web").unwrap().into()).unwrap();
@@ -205,7 +205,7 @@ per_mode! {
             s.read_to_end(&mut request).unwrap();
             s.write_all(&pattern(request.len() * 3)).unwrap();
         });
-        let proxy = start_proxy(&with_forward(&config_text(&[(upstream, 1)], ""), mode));
+        let proxy = start_proxy(&with_mode(&config_text(&[(upstream, 1)], ""), mode));
         let mut client = connect(&proxy);
         client.write_all(&[1; 70_000]).unwrap();
         client.shutdown(Shutdown::Write).unwrap();
@@ -272,7 +272,7 @@ per_mode! {
     /// A connection keeps no routing table alive: after a reload its old
     /// table is freed at once, while the connection goes on.
     fn it_should_not_keep_the_routing_table_it_started_with(mode) {
-        let text = with_forward(&config_text(&[(echo_backend(), 1)], ""), mode);
+        let text = with_mode(&config_text(&[(echo_backend(), 1)], ""), mode);
         let served = Served::start(&text);
         let mut client = TcpStream::connect(served.addr("web")).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -293,9 +293,9 @@ per_mode! {
 
 /// Config text for `endpoints` in `mode` with an admin listener, a JSON
 /// access log at `log` and `extra` service keys.
-fn logged(endpoints: &[SocketAddr], log: &std::path::Path, mode: &str, extra: &str) -> String {
+fn logged(endpoints: &[SocketAddr], log: &std::path::Path, mode: Mode, extra: &str) -> String {
     let list: Vec<(SocketAddr, u32)> = endpoints.iter().map(|a| (*a, 1)).collect();
-    with_forward(&config_text(&list, extra), mode)
+    with_mode(&config_text(&list, extra), mode)
         + &format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n[access_log]\npath = \"{}\"\nformat = \"json\"\n",
             log.display()

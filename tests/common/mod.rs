@@ -4,6 +4,10 @@
 
 pub mod dnsmasq;
 pub mod etcd;
+mod mode;
+
+#[allow(unused_imports)] // as dead_code above
+pub use mode::{Mode, with_mode};
 
 use l4mesh::{Config, Proxy};
 use std::collections::HashMap;
@@ -83,50 +87,6 @@ pub fn config_text(endpoints: &[(SocketAddr, u32)], service_extra: &str) -> Stri
          [services.web]\n{service_extra}\nendpoints = [{}]\n",
         list.join(", ")
     )
-}
-
-/// The config text with `runtime.forward` set to `mode`.
-pub fn with_forward(text: &str, mode: &str) -> String {
-    text.replacen(
-        "[runtime]\n",
-        &format!("[runtime]\nforward = \"{mode}\"\n"),
-        1,
-    )
-}
-
-/// Every forward mode, the default (`auto`) first, for tests that must hold
-/// on each.
-pub const FORWARD_MODES: [&str; 3] = ["auto", "splice", "copy"];
-
-/// Defines a test once per forward mode: `per_mode!(fn name(mode) { .. })`
-/// makes `name::auto`, `name::splice` and `name::copy`, which run in
-/// parallel and each name the mode that failed.
-#[macro_export]
-macro_rules! per_mode {
-    ($(#[$meta:meta])* fn $name:ident($mode:ident) $body:block) => {
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            fn run($mode: &str) $body
-
-            #[test]
-            fn auto() {
-                run("auto")
-            }
-
-            #[test]
-            fn splice() {
-                run("splice")
-            }
-
-            #[test]
-            fn copy() {
-                run("copy")
-            }
-        }
-    };
 }
 
 /// How a stream that was read to its end ended.
