@@ -6,7 +6,6 @@
 use super::io::Socket;
 use super::ring::op;
 use std::cell::Cell;
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use tokio::io::Interest;
@@ -58,20 +57,18 @@ impl AsFd for RingStream {
 }
 
 impl Socket for RingStream {
-    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<()>> {
-        async move {
-            if self.mark(interest).get() {
-                return Ok(());
-            }
-            let events = if interest.is_readable() {
-                libc::POLLIN | libc::POLLRDHUP
-            } else {
-                libc::POLLOUT
-            };
-            op::poll(self.raw(), events as u32).await?;
-            self.mark(interest).set(true);
-            Ok(())
+    async fn ready(&self, interest: Interest) -> io::Result<()> {
+        if self.mark(interest).get() {
+            return Ok(());
         }
+        let events = if interest.is_readable() {
+            libc::POLLIN | libc::POLLRDHUP
+        } else {
+            libc::POLLOUT
+        };
+        op::poll(self.raw(), events as u32).await?;
+        self.mark(interest).set(true);
+        Ok(())
     }
 
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {

@@ -92,11 +92,6 @@ impl Budget {
         self.used.load(Ordering::SeqCst) < self.sizing.capacity
     }
 
-    /// Whether `n` more clients could be served now.
-    pub fn has_room_for(&self, n: usize) -> bool {
-        self.used.load(Ordering::SeqCst).saturating_add(n) <= self.sizing.capacity
-    }
-
     /// A slot for one client, held until the slot is dropped; `None` at
     /// capacity.
     pub fn take(self: &Arc<Budget>) -> Option<Slot> {

@@ -245,7 +245,6 @@ impl Proxy {
                 max_pipes,
                 pipe_size: config.runtime.pipe_size,
                 budget: Arc::clone(&budget),
-                accept_burst: config.runtime.backlog as usize * config.runtime.workers,
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()

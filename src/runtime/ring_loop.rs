@@ -63,7 +63,6 @@ async fn serve(mut plan: WorkerPlan) {
                     Arc::from(name.as_str()),
                     Rc::clone(&worker),
                     Arc::clone(&plan.budget),
-                    plan.accept_burst,
                     stop_rx,
                 ));
                 if let Some((old_stop, old_task)) = loops.insert(name, (stop_tx, task)) {

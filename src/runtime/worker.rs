@@ -54,11 +54,6 @@ pub struct WorkerPlan {
     pub pipe_size: usize,
     /// Clients the whole process may have open at once.
     pub budget: Arc<Budget>,
-    /// The most clients the kernel may have completed on every worker's
-    /// listen backlogs at once: a multishot accept may take that many in
-    /// one go, so the ring loop arms one only while the budget has room for
-    /// them all.
-    pub accept_burst: usize,
 }
 
 impl WorkerPlan {

@@ -17,7 +17,6 @@ use super::slab::Slab;
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::task::Waker;
@@ -44,7 +43,7 @@ pub struct Features {
 
 /// The ops the loop cannot do without, by name.
 const NEEDED: [(u8, &str); 8] = [
-    (opcode::AcceptMulti::CODE, "ACCEPT"),
+    (opcode::Accept::CODE, "ACCEPT"),
     (opcode::Connect::CODE, "CONNECT"),
     (opcode::LinkTimeout::CODE, "LINK_TIMEOUT"),
     (opcode::PollAdd::CODE, "POLL_ADD"),
@@ -90,13 +89,6 @@ enum Slot {
     Waiting(Option<Waker>),
     /// Completed: the result and the completion's flags.
     Done(i32, u32),
-    /// A multishot op: completions not yet taken, its waker, and whether
-    /// the kernel ended it (a completion without `MORE`).
-    Multi {
-        results: VecDeque<(i32, u32)>,
-        waker: Option<Waker>,
-        ended: bool,
-    },
     /// Dropped before it completed: what the kernel may still use, and
     /// whether its results are descriptors to close (an accept's).
     Orphan(#[allow(dead_code)] Box<dyn Any>, bool),
@@ -191,16 +183,6 @@ impl Driver {
         self.ops.borrow_mut().insert(Slot::Waiting(None)) as u64
     }
 
-    /// A slot for a new multishot op.
-    pub(super) fn register_multi(&self) -> u64 {
-        let slot = Slot::Multi {
-            results: VecDeque::new(),
-            waker: None,
-            ended: false,
-        };
-        self.ops.borrow_mut().insert(slot) as u64
-    }
-
     /// The result of single-shot op `id` if it completed (freeing its
     /// slot), else notes `waker` to wake when it does.
     pub(super) fn poll_op(&self, id: u64, waker: &Waker) -> Option<(i32, u32)> {
@@ -222,68 +204,24 @@ impl Driver {
         }
     }
 
-    /// The next completion of multishot op `id`: `Some(Some(..))` a
-    /// result, `Some(None)` the op has ended (its slot is freed), `None`
-    /// nothing yet (`waker` is woken when there is).
-    pub(super) fn poll_multi(&self, id: u64, waker: &Waker) -> Option<Option<(i32, u32)>> {
-        let mut ops = self.ops.borrow_mut();
-        let Some(Slot::Multi {
-            results,
-            waker: slot_waker,
-            ended,
-        }) = ops.get_mut(id as usize)
-        else {
-            return Some(None);
-        };
-        if let Some(result) = results.pop_front() {
-            return Some(Some(result));
-        }
-        if *ended {
-            ops.remove(id as usize);
-            return Some(None);
-        }
-        if !slot_waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot_waker = Some(waker.clone());
-        }
-        None
-    }
-
     /// Op `id`'s future is gone: keep `keep` (what the kernel may still
     /// use) until its completion, and ask the kernel to cancel it. A
-    /// completed single-shot op's slot is just freed (a buffer it took goes
-    /// back to the ring).
+    /// completed op's slot is just freed, undoing what it did (see
+    /// [`Driver::discard`]).
     pub(super) fn abandon(&self, id: u64, keep: Box<dyn Any>, fds: bool) {
         let mut ops = self.ops.borrow_mut();
-        let in_flight = match ops.get_mut(id as usize) {
+        match ops.get_mut(id as usize) {
             Some(Slot::Done(result, flags)) => {
                 let (result, flags) = (*result, *flags);
                 ops.remove(id as usize);
                 self.discard(result, flags, fds);
-                false
-            }
-            Some(Slot::Multi { results, ended, .. }) => {
-                for (result, flags) in results.drain(..) {
-                    self.discard(result, flags, fds);
-                }
-                if *ended {
-                    ops.remove(id as usize);
-                    false
-                } else {
-                    true
-                }
             }
             Some(slot @ Slot::Waiting(_)) => {
                 *slot = Slot::Orphan(keep, fds);
                 drop(ops);
                 self.cancel(id);
-                return;
             }
-            _ => false,
-        };
-        if in_flight && let Some(slot) = ops.get_mut(id as usize) {
-            *slot = Slot::Orphan(keep, fds);
-            drop(ops);
-            self.cancel(id);
+            _ => {}
         }
     }
 
@@ -371,22 +309,9 @@ impl Driver {
                         waker.wake();
                     }
                 }
-                Slot::Multi {
-                    results,
-                    waker,
-                    ended,
-                } => {
-                    results.push_back((result, flags));
-                    *ended |= !cqueue::more(flags);
-                    if let Some(waker) = waker.take() {
-                        waker.wake();
-                    }
-                }
                 Slot::Orphan(_, fds) => {
                     self.discard(result, flags, *fds);
-                    if !cqueue::more(flags) {
-                        ops.remove(id as usize);
-                    }
+                    ops.remove(id as usize);
                 }
                 // A second completion for a finished single-shot op cannot
                 // happen; nothing to do.

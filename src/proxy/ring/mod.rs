@@ -207,8 +207,8 @@ mod tests {
             assert!(started.elapsed() >= Duration::from_millis(30));
             std::thread::spawn(move || tx.send(7).unwrap());
             assert_eq!(rx.await.unwrap(), 7);
-            let mut accepts = op::accept_multi(listener.as_raw_fd());
-            let stream = accepts.next().await.unwrap().unwrap();
+            let (stream, peer) = op::accept(listener.as_raw_fd()).await.unwrap();
+            assert_eq!(peer.ip(), addr.ip());
             let mut echoed = 0;
             loop {
                 let done = op::recv_provided(stream.as_raw_fd(), 4096).await;
@@ -228,8 +228,11 @@ mod tests {
             op::shutdown(stream.as_raw_fd(), libc::SHUT_WR)
                 .await
                 .unwrap();
-            accepts.cancel();
-            while accepts.next().await.is_some() {}
+            // A cancelled accept with no client completes with ECANCELED.
+            let idle = op::accept(listener.as_raw_fd());
+            idle.cancel();
+            let error = idle.await.unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::ECANCELED));
             op::close(stream);
             echoed
         });

@@ -10,9 +10,10 @@ use super::buffers::GROUP;
 use super::current;
 use super::driver::IGNORED;
 use io_uring::{opcode, squeue, types};
-use socket2::SockAddr;
+use socket2::{SockAddr, SockAddrStorage};
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -23,6 +24,8 @@ use std::time::Duration;
 pub struct Op<T: 'static> {
     id: u64,
     keep: Option<T>,
+    /// Its result is a descriptor (an accept's): closed if nobody takes it.
+    fds: bool,
 }
 
 /// A completed op: the kernel's result (negative: an errno) and flags.
@@ -70,6 +73,15 @@ impl<T: 'static> Op<T> {
         Op {
             id,
             keep: Some(keep),
+            fds: false,
+        }
+    }
+
+    /// Asks the kernel to end the op early; it still completes (with
+    /// `ECANCELED`, or with what it did before the cancel arrived).
+    pub fn cancel(&self) {
+        if self.keep.is_some() {
+            current().driver.cancel(self.id);
         }
     }
 }
@@ -89,94 +101,68 @@ impl<T: Unpin + 'static> Future for Op<T> {
 impl<T: 'static> Drop for Op<T> {
     fn drop(&mut self) {
         if let Some(keep) = self.keep.take() {
-            super::try_current(|runtime| runtime.driver.abandon(self.id, Box::new(keep), false));
+            let fds = self.fds;
+            super::try_current(|runtime| runtime.driver.abandon(self.id, Box::new(keep), fds));
         }
     }
 }
 
-/// A multishot op: many completions until the kernel ends it.
-pub struct Multi {
-    id: u64,
-    ended: bool,
-    /// Its results are descriptors (an accept): those nobody takes are
-    /// closed.
-    fds: bool,
+/// Where an accept writes the client's address.
+struct PeerBuf {
+    addr: SockAddrStorage,
+    len: libc::socklen_t,
 }
 
-impl Multi {
-    /// The next completion, or `None` once the kernel has ended the op
-    /// (re-arm it then).
-    pub async fn next(&mut self) -> Option<Completion> {
-        if self.ended {
-            return None;
-        }
-        let id = self.id;
-        let next = std::future::poll_fn(|cx| match current().driver.poll_multi(id, cx.waker()) {
-            Some(next) => Poll::Ready(next),
-            None => Poll::Pending,
-        })
-        .await;
-        self.ended = next.is_none();
-        next.map(|(result, flags)| Completion { result, flags })
-    }
+/// Accepts one client on listening socket `fd`: its socket (non-blocking,
+/// close-on-exec) and its address, which the accept itself returns (no
+/// `getpeername` afterwards, which would fail on a client that reset
+/// before it was looked at). Dropped or cancelled late, a client it
+/// accepted anyway is closed.
+pub fn accept(fd: RawFd) -> Accept {
+    let addr = SockAddrStorage::zeroed();
+    let len = addr.size_of();
+    let mut peer = Box::new(PeerBuf { addr, len });
+    let entry = opcode::Accept::new(
+        types::Fd(fd),
+        (&raw mut peer.addr).cast(),
+        &raw mut peer.len,
+    )
+    .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+    .build();
+    // SAFETY: the entry points into the boxed buffer the op keeps.
+    let mut op = unsafe { Op::submit(&mut [entry], 0, peer) };
+    op.fds = true;
+    Accept(op)
 }
 
-impl Multi {
-    /// Asks the kernel to end the op; [`Multi::next`] yields what it
-    /// completed meanwhile, then `None`.
-    pub fn cancel(&self) {
-        if !self.ended {
-            current().driver.cancel(self.id);
-        }
-    }
-}
+/// One accept in flight (see [`accept`]).
+pub struct Accept(Op<Box<PeerBuf>>);
 
-impl Drop for Multi {
-    fn drop(&mut self) {
-        if !self.ended {
-            super::try_current(|runtime| {
-                runtime.driver.abandon(self.id, Box::new(()), self.fds);
-            });
-        }
-    }
-}
-
-/// Accepts on listening socket `fd` until cancelled or an error ends it;
-/// every accepted socket is non-blocking and close-on-exec.
-pub fn accept_multi(fd: RawFd) -> Accepts {
-    let entry = opcode::AcceptMulti::new(types::Fd(fd))
-        .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-        .build();
-    let runtime = current();
-    let id = runtime.driver.register_multi();
-    // SAFETY: a multishot accept with no address buffer points at nothing.
-    unsafe { runtime.driver.push(&[entry.user_data(id)]) };
-    Accepts(Multi {
-        id,
-        ended: false,
-        fds: true,
-    })
-}
-
-/// A multishot accept: the sockets it accepted, as they come.
-pub struct Accepts(Multi);
-
-impl Accepts {
-    /// The next accepted socket (or the error that ended the accept), or
-    /// `None` once the kernel has ended it: re-arm then.
-    pub async fn next(&mut self) -> Option<io::Result<OwnedFd>> {
-        let done = self.0.next().await?;
-        Some(done.into_result().map(|fd| {
-            // SAFETY: a successful accept's result is a new descriptor
-            // that nothing else owns.
-            unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-        }))
-    }
-
-    /// Asks the kernel to stop accepting; [`Accepts::next`] still yields
-    /// what it accepted meanwhile, then `None`.
+impl Accept {
+    /// Asks the kernel to stop waiting for a client; the accept still
+    /// completes, with a client if one came first.
     pub fn cancel(&self) {
         self.0.cancel();
+    }
+}
+
+impl Future for Accept {
+    type Output = io::Result<(OwnedFd, SocketAddr)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (done, peer) = std::task::ready!(Pin::new(&mut self.0).poll(cx));
+        let fd = done.into_result()? as RawFd;
+        // SAFETY: a successful accept's result is a new descriptor that
+        // nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the kernel wrote an address of `len` bytes (at most the
+        // storage's size) into the storage.
+        let PeerBuf { addr, len } = *peer;
+        let addr = unsafe { SockAddr::new(addr, len) };
+        match addr.as_socket() {
+            Some(addr) => Poll::Ready(Ok((fd, addr))),
+            None => Poll::Ready(Err(io::Error::other("the client has no IP address"))),
+        }
     }
 }
 
