@@ -101,6 +101,10 @@ async fn pump(
     let size = ring::current().driver.buffers.size();
     let mut bytes = 0u64;
     let mut bulk = false;
+    // The next recv, armed while the last chunk's send is in flight: the
+    // send and the recv go to the kernel in one enter, and a reply that is
+    // already there is not left waiting for another loop turn.
+    let mut next: Option<op::RecvProvided> = None;
     let failed = loop {
         if bulk && let Some(splice) = &spares.splice {
             if let Err(e) = from.ready(Interest::READABLE).await {
@@ -132,7 +136,10 @@ async fn pump(
             }
             continue;
         }
-        let got = op::recv_provided(from.raw(), size).await;
+        let got = match next.take() {
+            Some(recv) => recv.await,
+            None => op::recv_provided(from.raw(), size).await,
+        };
         let sent = match got.into_result() {
             Ok(0) => {
                 half_close(to, shared).await;
@@ -151,6 +158,9 @@ async fn pump(
                 meter.add(u64::from(n));
                 // A full buffer: more is likely waiting; splice it.
                 bulk = n as usize == size;
+                if !bulk || spares.splice.is_none() {
+                    next = Some(op::recv_provided(from.raw(), size));
+                }
                 send_provided(to, lease, n as usize, shared).await
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {

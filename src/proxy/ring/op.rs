@@ -227,15 +227,27 @@ pub async fn poll(fd: RawFd, events: u32) -> io::Result<u32> {
 
 /// Receives from `fd` into a provided buffer the kernel picks when bytes
 /// arrive; the completion names the buffer (see [`Completion::buffer`]).
-pub async fn recv_provided(fd: RawFd, max: usize) -> Completion {
+/// Submitted at once, not when first polled: a relay arms the next recv
+/// while the send of the last chunk is still in flight.
+pub fn recv_provided(fd: RawFd, max: usize) -> RecvProvided {
     let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), max as u32)
         .buf_group(GROUP)
         .build()
         .flags(squeue::Flags::BUFFER_SELECT);
     // SAFETY: the kernel writes into a buffer of the worker's buffer ring,
     // which outlives every op; the op points at nothing else.
-    let (done, ()) = unsafe { Op::submit(&mut [entry], 0, ()) }.await;
-    done
+    RecvProvided(unsafe { Op::submit(&mut [entry], 0, ()) })
+}
+
+/// A recv into a provided buffer, in flight (see [`recv_provided`]).
+pub struct RecvProvided(Op<()>);
+
+impl Future for RecvProvided {
+    type Output = Completion;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
+        Pin::new(&mut self.0).poll(cx).map(|(done, ())| done)
+    }
 }
 
 /// Sends `len` bytes at `ptr` on `fd`, keeping `owner` (what owns those
