@@ -44,8 +44,8 @@ fn rush(addr: SocketAddr, n: usize) -> (Vec<(TcpStream, u8)>, usize) {
 
 #[test]
 fn it_should_close_clients_over_max_connections_at_once_count_them_and_keep_accepting() {
-    // Clients come from an io_uring accept (copy) or a readiness accept
-    // (splice): both are closed the same way.
+    // Whatever moves the bytes, a client over the limit is closed the same
+    // way.
     for mode in FORWARD_MODES {
         closes_clients_over_max_connections(mode);
     }

@@ -10,6 +10,7 @@
 //! aborts the handshake at once. The splice path keeps the socket there; the
 //! copy path hands it to tokio-uring ([`into_uring`]).
 
+use super::io::EventLoop;
 use crate::routing::health::monotonic_ms;
 use crate::routing::{ActiveGuard, Endpoint, Outlier, Service};
 use crate::routing::{CONNECT_BUCKETS, FailureReason};
@@ -17,7 +18,6 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// Why one connect attempt failed. Every kind lets failover try another
 /// endpoint.
@@ -72,10 +72,11 @@ impl fmt::Display for Attempt {
     }
 }
 
-/// An established upstream connection.
-pub struct Connected {
+/// An established upstream connection, over a socket `S` of the worker's
+/// event loop.
+pub struct Connected<S> {
     /// The connected socket.
-    pub stream: TcpStream,
+    pub stream: S,
     /// The member of the service it goes to.
     pub index: usize,
     /// Connect attempts it took, this one included.
@@ -86,39 +87,12 @@ pub struct Connected {
     _active: ActiveGuard,
 }
 
-impl Connected {
+impl<S> Connected<S> {
     /// The socket, and the guard that counts it as active on its endpoint
     /// (keep it for as long as the connection is open).
-    pub fn into_parts(self) -> (TcpStream, ActiveGuard) {
+    pub fn into_parts(self) -> (S, ActiveGuard) {
         (self.stream, self._active)
     }
-}
-
-/// Connects to `addr` within `timeout`, with `TCP_NODELAY` set.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
-    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Err(_) => return Err(ConnectError::Timeout(timeout)),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(ConnectError::Refused);
-        }
-        Ok(result) => result?,
-    };
-    Ok(stream)
-}
-
-/// Hands a connected socket from the readiness driver to tokio-uring, for
-/// the copy path.
-pub fn into_uring(stream: TcpStream) -> io::Result<tokio_uring::net::TcpStream> {
-    let stream = stream.into_std()?;
-    // io_uring returns EAGAIN instead of waiting on an O_NONBLOCK socket.
-    stream.set_nonblocking(false)?;
-    Ok(tokio_uring::net::TcpStream::from_std(stream))
 }
 
 /// Every connect attempt failed, or there was nothing to try.
@@ -130,8 +104,9 @@ pub struct Failed {
     pub panic: bool,
 }
 
-/// Connects `client` to an endpoint of `service`, trying distinct endpoints
-/// until one answers or `connect_attempts` have failed. Returns the
+/// Connects `client` to an endpoint of `service` on event loop `l`, trying
+/// distinct endpoints until one answers or `connect_attempts` have failed.
+/// Returns the
 /// connection (which counts as active on its endpoint while alive), or every
 /// failed attempt. The count starts at the pick, so load-aware policies see
 /// connections that are still connecting; an endpoint that fills up
@@ -143,11 +118,12 @@ pub struct Failed {
 /// failure in the endpoint's failures by reason (and ejections). A failure
 /// for want of descriptors says nothing about the endpoint and is not fed to
 /// outlier detection.
-pub async fn establish(
+pub async fn establish<L: EventLoop>(
+    l: &L,
     service: &Service,
     client: SocketAddr,
     worker: usize,
-) -> Result<Connected, Failed> {
+) -> Result<Connected<L::Stream>, Failed> {
     let mut tried = Tried::default();
     let mut failed = Vec::new();
     let mut panic = false;
@@ -169,7 +145,7 @@ pub async fn establish(
         let addr = endpoint.addr;
         let started = Instant::now();
         let counts = endpoint.stats.slot(worker);
-        match connect(addr, service.connect_timeout).await {
+        match l.connect(addr, service.connect_timeout).await {
             Ok(stream) => {
                 counts.connections.add(1);
                 service.connect_succeeded(choice.index);

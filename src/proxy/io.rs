@@ -10,7 +10,7 @@
 //! stream type.
 
 use super::connect::ConnectError;
-use super::forward::{Meters, Outcome};
+use super::relay::{Meters, Outcome};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

@@ -1,11 +1,17 @@
 //! The data path: binding listener sockets, connecting upstream with
-//! failover, and forwarding bytes both ways for one connection.
+//! failover, and relaying bytes both ways for one connection, on whichever
+//! event loop the worker runs ([`io`] says what the data path needs of it;
+//! [`epoll`] is the epoll loop's side).
 
 pub mod buffers;
 pub mod connect;
-pub mod forward;
+pub mod copy;
+pub mod epoll;
 pub mod io;
 pub mod listener;
+pub mod pipes;
+pub mod pump;
+pub mod relay;
 pub mod session;
 pub mod splice;
 mod tcp_state;

@@ -1,10 +1,9 @@
 //! One downstream connection, from accept to close: route it, connect
 //! upstream with failover, forward, and log the result.
 
-use super::buffers::BufferPool;
 use super::connect::{self, Attempt, Failed};
-use super::forward::{self, End, Meters, Side};
-use super::splice::{self, PipePool};
+use super::io::EventLoop;
+use super::relay::{End, Meters, Side};
 use crate::config::ServiceDiscovery;
 use crate::log_limit::RESOURCE_ERRORS;
 use crate::metrics::access_log::{AccessLog, Ending, Record};
@@ -17,46 +16,42 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
-use tokio_uring::net::TcpStream;
 
-/// What every connection of one worker shares. Owned by that worker's thread.
+/// What every connection of one worker shares, on the worker's event loop
+/// `L`. Owned by that worker's thread.
 #[derive(Debug)]
-pub struct WorkerState {
+pub struct WorkerState<L> {
     /// The worker's index, for connection ids and logs.
     pub index: usize,
     /// The published routing table.
     pub table: Table,
-    /// Forwarding buffers.
-    pub buffers: BufferPool,
     /// Turns true when a graceful shutdown runs out of time.
     pub drain: watch::Receiver<bool>,
     /// Connections open on this worker now.
     pub open: Cell<usize>,
     /// Where access-log records go, if anywhere.
     pub access_log: Option<AccessLog>,
-    /// Pipes for splicing; `None` when the worker only copies.
-    pub pipes: Option<PipePool>,
+    /// The worker's event loop: it connects and relays.
+    pub io: L,
     next_id: Cell<u64>,
 }
 
-impl WorkerState {
-    /// The state of worker `index`.
+impl<L> WorkerState<L> {
+    /// The state of worker `index`, serving on `io`.
     pub fn new(
         index: usize,
         table: Table,
-        buffers: BufferPool,
         drain: watch::Receiver<bool>,
         access_log: Option<AccessLog>,
-        pipes: Option<PipePool>,
-    ) -> WorkerState {
+        io: L,
+    ) -> WorkerState<L> {
         WorkerState {
             index,
             table,
-            buffers,
             drain,
             open: Cell::new(0),
             access_log,
-            pipes,
+            io,
             next_id: Cell::new(0),
         }
     }
@@ -86,65 +81,18 @@ impl fmt::Display for ConnId {
 }
 
 /// Counts a connection as open on its worker while alive.
-struct OpenGuard(Rc<WorkerState>);
+struct OpenGuard<L>(Rc<WorkerState<L>>);
 
-impl OpenGuard {
-    fn new(worker: &Rc<WorkerState>) -> OpenGuard {
+impl<L> OpenGuard<L> {
+    fn new(worker: &Rc<WorkerState<L>>) -> OpenGuard<L> {
         worker.open.set(worker.open.get() + 1);
         OpenGuard(Rc::clone(worker))
     }
 }
 
-impl Drop for OpenGuard {
+impl<L> Drop for OpenGuard<L> {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
-    }
-}
-
-/// An accepted client socket, on whichever driver accepted it.
-pub enum Client {
-    /// Accepted by io_uring: forwarded by copying.
-    Uring(TcpStream),
-    /// Accepted on readiness: forwarded with splice when pipes are there.
-    Ready(tokio::net::TcpStream),
-}
-
-impl Client {
-    fn into_uring(self) -> std::io::Result<TcpStream> {
-        match self {
-            Client::Uring(stream) => Ok(stream),
-            Client::Ready(stream) => connect::into_uring(stream),
-        }
-    }
-}
-
-/// Forwards `client` ↔ `upstream`: spliced when the client was accepted on
-/// readiness (the worker splices), copied through io_uring otherwise.
-async fn relay(
-    client: Client,
-    upstream: tokio::net::TcpStream,
-    worker: &WorkerState,
-    meters: Meters<'_>,
-    idle_timeout: Duration,
-) -> forward::Outcome {
-    let drain = worker.drain.clone();
-    if let (Client::Ready(client), Some(pool)) = (&client, &worker.pipes) {
-        let (c, u, buffers) = (client, &upstream, &worker.buffers);
-        return splice::forward(c, u, pool, buffers, meters, idle_timeout, drain).await;
-    }
-    match (client.into_uring(), connect::into_uring(upstream)) {
-        (Ok(client), Ok(upstream)) => {
-            let buffers = &worker.buffers;
-            forward::forward(&client, &upstream, buffers, meters, idle_timeout, drain).await
-        }
-        (Err(error), _) | (_, Err(error)) => forward::Outcome {
-            rx: 0,
-            tx: 0,
-            end: End::Reset {
-                side: Side::Upstream,
-                error,
-            },
-        },
     }
 }
 
@@ -155,7 +103,12 @@ async fn relay(
 /// connected; a forwarding connection keeps just what it needs (its
 /// listener's counters and client count, its endpoint's counters), so old
 /// tables are freed at once however long connections last.
-pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker: Rc<WorkerState>) {
+pub async fn serve<L: EventLoop>(
+    client: L::Stream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    worker: Rc<WorkerState<L>>,
+) {
     let _open = OpenGuard::new(&worker);
     let id = worker.next_id();
     let started = Instant::now();
@@ -197,7 +150,7 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
         finish(record, started, counts, &worker);
         return;
     };
-    match connect::establish(&service, peer, worker.index).await {
+    match connect::establish(&worker.io, &service, peer, worker.index).await {
         Ok(connected) => {
             if connected.panic {
                 service.stats.slot(worker.index).panic.add(1);
@@ -213,7 +166,11 @@ pub async fn serve(client: Client, peer: SocketAddr, listener: Arc<str>, worker:
             record.endpoint = Some(endpoint);
             record.attempts = connected.attempts;
             let (upstream, _active) = connected.into_parts();
-            let outcome = relay(client, upstream, &worker, meters, idle_timeout).await;
+            let drain = worker.drain.clone();
+            let outcome = worker
+                .io
+                .relay(client, upstream, meters, idle_timeout, drain)
+                .await;
             (record.rx, record.tx) = (outcome.rx, outcome.tx);
             let (ending, reset) = ending(&outcome.end);
             record.end = ending;
@@ -334,7 +291,7 @@ fn unusable(service: &Service) -> String {
 }
 
 /// Counts a closed connection and hands its record to the access log.
-fn finish(mut record: Record, started: Instant, counts: &ListenerSlot, worker: &WorkerState) {
+fn finish<L>(mut record: Record, started: Instant, counts: &ListenerSlot, worker: &WorkerState<L>) {
     record.duration = started.elapsed();
     counts
         .duration

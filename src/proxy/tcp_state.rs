@@ -77,15 +77,6 @@ pub(super) fn reset(socket: BorrowedFd<'_>) {
     }
 }
 
-/// The descriptor of a tokio-uring stream, borrowed for as long as the
-/// stream is.
-#[allow(unsafe_code)]
-pub(super) fn borrow_uring(stream: &tokio_uring::net::TcpStream) -> BorrowedFd<'_> {
-    // SAFETY: the stream owns this descriptor and keeps it open for the
-    // lifetime of `&stream`, which the returned borrow cannot outlive.
-    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
-}
-
 /// A connection's two sockets, whatever path moves their bytes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pair<'a>(pub BorrowedFd<'a>, pub BorrowedFd<'a>);

@@ -18,8 +18,9 @@
 
 use super::budget::{Budget, Slot};
 use crate::log_limit::RESOURCE_ERRORS;
+use crate::proxy::epoll::Epoll;
 use crate::proxy::listener::readiness;
-use crate::proxy::session::{self, Client, WorkerState};
+use crate::proxy::session::{self, WorkerState};
 use rustix::net::{SocketFlags, acceptfrom_with};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,7 +37,7 @@ const BACKOFF: Duration = Duration::from_millis(100);
 pub async fn accept_loop(
     socket: TcpListener,
     name: Arc<str>,
-    worker: Rc<WorkerState>,
+    worker: Rc<WorkerState<Epoll>>,
     budget: Arc<Budget>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -50,13 +51,7 @@ pub async fn accept_loop(
             return;
         }
     };
-    // Clients for the copy path go to io_uring, which answers EAGAIN
-    // instead of waiting on an O_NONBLOCK socket.
-    let flags = if worker.pipes.is_some() {
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
-    } else {
-        SocketFlags::CLOEXEC
-    };
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
     loop {
         if !budget.has_room() {
             tokio::select! {
@@ -88,7 +83,7 @@ pub async fn accept_loop(
                     Some(Ok(peer)) => Ok(peer),
                     _ => stream.peer_addr(),
                 };
-                match peer.and_then(|peer| Ok((client(stream, flags)?, peer))) {
+                match peer.and_then(|peer| Ok((tokio::net::TcpStream::from_std(stream)?, peer))) {
                     Ok((client, peer)) => serve(client, peer, &name, &worker, slot),
                     Err(e) => log::debug!("listener {name}: accepted client: {e}"),
                 }
@@ -104,17 +99,14 @@ pub async fn accept_loop(
     // The socket closes here: clients are refused from now on.
 }
 
-/// The accepted socket on the event loop that forwards it.
-fn client(stream: TcpStream, flags: SocketFlags) -> io::Result<Client> {
-    if flags.contains(SocketFlags::NONBLOCK) {
-        tokio::net::TcpStream::from_std(stream).map(Client::Ready)
-    } else {
-        Ok(Client::Uring(tokio_uring::net::TcpStream::from_std(stream)))
-    }
-}
-
 /// Serves `client` on this worker; its slot is freed when it is done.
-fn serve(client: Client, peer: SocketAddr, name: &Arc<str>, worker: &Rc<WorkerState>, slot: Slot) {
+fn serve(
+    client: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: &Arc<str>,
+    worker: &Rc<WorkerState<Epoll>>,
+    slot: Slot,
+) {
     let (name, worker) = (Arc::clone(name), Rc::clone(worker));
     tokio::task::spawn_local(async move {
         session::serve(client, peer, name, worker).await;

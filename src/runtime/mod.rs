@@ -4,6 +4,7 @@
 mod accept;
 mod affinity;
 mod budget;
+mod epoll_loop;
 mod listeners;
 mod port_check;
 mod worker;
@@ -238,6 +239,7 @@ impl Proxy {
                 stop: stop_rx.clone(),
                 access_log: access_log.clone(),
                 forward: config.runtime.forward,
+                event_loop: config.runtime.event_loop,
                 max_pipes,
                 pipe_size: config.runtime.pipe_size,
                 budget: Arc::clone(&budget),
