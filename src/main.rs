@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// A fast L4 TCP proxy for service meshes: zero-copy splice, io_uring copy path.
+/// A fast L4 TCP proxy for service meshes: zero-copy splice on readiness.
 #[derive(Debug, Parser)]
 #[command(
     version,

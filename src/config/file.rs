@@ -145,7 +145,8 @@ pub struct FileRuntime {
     /// Worker threads; 0 means one per available core.
     #[serde(default)]
     pub workers: i64,
-    /// Bytes of buffer per direction of a connection.
+    /// Bytes per pooled buffer (a chunk the peer cannot take at once), and
+    /// per read with `forward = "copy"`.
     #[serde(default = "default_buffer_size")]
     pub buffer_size: i64,
     /// How long open connections may finish after SIGTERM/SIGINT.

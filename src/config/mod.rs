@@ -88,7 +88,8 @@ pub struct RegistryConfig {
 pub struct RuntimeConfig {
     /// Worker threads (0 in the file is resolved to the core count).
     pub workers: usize,
-    /// Bytes of buffer per direction of a connection.
+    /// Bytes per pooled buffer (a chunk the peer cannot take at once), and
+    /// per read with `forward = "copy"`.
     pub buffer_size: usize,
     /// How long open connections may finish after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
@@ -133,7 +134,8 @@ pub enum ForwardMode {
     /// Zero-copy `splice(2)` through a pipe per direction, on readiness;
     /// a connection falls back to copying when no pipe can be had.
     Splice,
-    /// io_uring reads and writes through owned buffers.
+    /// recv and send through the worker's scratch buffer, on readiness,
+    /// never splicing.
     Copy,
 }
 
@@ -264,7 +266,8 @@ pub struct EndpointConfig {
 /// when it splices (`forward = "auto"`, and `"splice"` when a splice moves
 /// nothing or no pipe can be had); what the peer cannot take at once waits
 /// in a pooled buffer of `runtime.buffer_size` bytes, which must hold it.
-/// The splice path's `SMALL` (src/proxy/splice.rs) is defined as this.
+/// A read that fills it marks a bulk stream, which `auto` then splices
+/// (see `proxy::pump::Pumps`).
 pub const SCRATCH_BYTES: usize = 16 * 1024;
 
 /// The largest endpoint weight (as HAProxy's 256): it keeps the round-robin

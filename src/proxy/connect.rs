@@ -3,12 +3,7 @@
 //! feeds the service's outlier detection: a success ends the endpoint's
 //! failure streak, a failure lengthens it and may eject the endpoint.
 //!
-//! The connect itself runs on the runtime's readiness driver (tokio's
-//! `TcpSocket`) rather than as an io_uring op: dropping a timed-out io_uring
-//! connect would leave the kernel op and its socket alive until the SYN
-//! retries give up (minutes), while dropping this future closes the socket and
-//! aborts the handshake at once. The splice path keeps the socket there; the
-//! copy path hands it to tokio-uring ([`into_uring`]).
+//! The connect itself is the worker's event loop's ([`EventLoop::connect`]).
 
 use super::io::EventLoop;
 use crate::routing::health::monotonic_ms;

@@ -3,8 +3,8 @@
 //! sockets whose readiness the loop reports, a clock to sleep on, and a way
 //! to connect upstream and to relay a connection.
 //!
-//! Each loop implements these once (`runtime/` picks the loop; the proxy
-//! never names one), and the pumps that move bytes are chosen by type: a
+//! Each loop implements these once (`runtime/` picks the loop; the session
+//! and the relay never name one), and the pumps that move bytes are chosen by type: a
 //! readiness pump (splice, or copy through the worker's scratch buffer)
 //! works on any [`Socket`]; a pump that needs the ring takes the ring's
 //! stream type.
