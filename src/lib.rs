@@ -1,5 +1,5 @@
-//! l4mesh: a thread-per-core L4 TCP proxy: splice(2) on readiness, small
-//! chunks copied through one buffer per worker.
+//! l4mesh: a thread-per-core L4 TCP proxy: one io_uring ring per worker
+//! (an epoll loop where io_uring is refused), splice(2) for bulk bytes.
 //!
 //! The binary in `main.rs` only parses arguments; everything else lives here so
 //! tests drive the real proxy: [`config`] turns a TOML file into validated

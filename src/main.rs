@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// A fast L4 TCP proxy for service meshes: zero-copy splice on readiness.
+/// A fast L4 TCP proxy for service meshes: an io_uring ring per worker, zero-copy splice.
 #[derive(Debug, Parser)]
 #[command(
     version,

@@ -12,6 +12,7 @@ use crate::config::{EventLoop, ForwardMode};
 use crate::metrics::access_log::AccessLog;
 use crate::proxy::io::Timer;
 use crate::proxy::pump::Pumps;
+use crate::proxy::ring::driver::Features;
 use crate::proxy::session::WorkerState;
 use crate::routing::Table;
 use crossbeam_channel::Sender;
@@ -122,6 +123,7 @@ pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
     };
     match ring {
         Some(ring) => {
+            FEATURES.call_once(|| log_features(ring.driver.features));
             log::info!("worker {}: event loop io_uring", plan.index);
             ring_loop::run(&ring, plan, ready);
         }
@@ -134,6 +136,25 @@ pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
 
 /// Logs the fallback from io_uring to epoll once for all workers.
 static FALLBACK: Once = Once::new();
+
+/// Logs what the kernel's io_uring offers once for all workers.
+static FEATURES: Once = Once::new();
+
+/// Says which optional io_uring features the ring loop found, and what it
+/// does without the missing ones.
+fn log_features(features: Features) {
+    let defer = if features.defer_taskrun {
+        "SINGLE_ISSUER|DEFER_TASKRUN"
+    } else {
+        "no DEFER_TASKRUN (kernel < 6.1: completions may interrupt the workers)"
+    };
+    let setsockopt = if features.setsockopt {
+        "ring SETSOCKOPT"
+    } else {
+        "no ring SETSOCKOPT (kernel < 6.7: TCP_NODELAY is a system call per upstream connection)"
+    };
+    log::info!("io_uring: {defer}; {setsockopt}");
+}
 
 /// Waits for `worker`'s open connections to finish, up to `timeout`, then
 /// closes the rest through `drain_tx` (the switch of [`WorkerPlan::state`]).

@@ -241,6 +241,43 @@ mod tests {
         assert_eq!(runtime.driver.in_flight(), 0);
     }
 
+    /// A recv dropped after its bytes came but before it was polled (or in
+    /// flight, as an orphan) took a provided buffer that nobody reads: the
+    /// buffer goes back to the ring, so a ring of two buffers serves five
+    /// such recvs and then a real one, and no op is left in flight.
+    #[test]
+    fn it_should_give_back_the_buffer_of_a_recv_dropped_in_flight() {
+        let runtime = Runtime::new(2, 64).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        runtime.block_on(async move {
+            let fd = server.as_raw_fd();
+            for _ in 0..5 {
+                let recv = op::recv_provided(fd, 64);
+                client.write_all(b"x").unwrap();
+                // A few turns for the completion to come in (if it has not,
+                // the drop below makes the recv an orphan instead).
+                timer::sleep_until(Instant::now() + Duration::from_millis(20)).await;
+                drop(recv);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while current().driver.in_flight() > 0 {
+                    assert!(Instant::now() < deadline, "the orphaned recv never completed");
+                    executor::yield_now().await;
+                }
+            }
+            client.write_all(b"last").unwrap();
+            let done = op::recv_provided(fd, 64).await;
+            let n = done.into_result().unwrap() as usize;
+            let id = done.buffer().unwrap();
+            assert!(current().driver.buffers.get(id, n).ends_with(b"last"));
+            current().driver.buffers.give_back(id);
+        });
+        assert_eq!(runtime.driver.in_flight(), 0);
+    }
+
     /// A connect to an address that never answers ends at its linked
     /// timeout; one that is refused says so.
     #[test]
