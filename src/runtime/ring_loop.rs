@@ -1,8 +1,9 @@
 //! The io_uring event loop: one ring per worker thread, driven by the
-//! proxy's own single-threaded executor ([`crate::proxy::ring`]). Every
-//! accept, connect, poll, recv, send, shutdown and close of the worker is
-//! a ring op, and the loop's only blocking call is the `io_uring_enter`
-//! that submits a turn's ops and waits for completions.
+//! proxy's own single-threaded executor ([`crate::proxy::ring`]). Accepts,
+//! connects, readiness polls, the copy path's recvs, sends and half-closes,
+//! and closes are ring ops (splice(2) and the splice path's half-close are
+//! called inline on ring readiness), and the loop's only blocking call is
+//! the `io_uring_enter` that submits a turn's ops and waits for completions.
 //!
 //! Listener changes start and stop accept loops ([`super::ring_accept`]);
 //! a stop ends them all and drains, as on the epoll loop.
