@@ -112,7 +112,11 @@ async fn pump(
                 break true;
             }
             let mut splicing = true;
-            match splice.chunk(&mut splicing, from, to, shared).await {
+            // Boxed: a bulk chunk's future is large and rare next to the
+            // recv/send states every idle connection sits in, so it does not
+            // make every connection's task that large (RSS per idle
+            // connection).
+            match Box::pin(splice.chunk(&mut splicing, from, to, shared)).await {
                 // Spurious readiness: nothing was there after all.
                 Ok(Some(0)) => {}
                 Ok(Some(n)) => {
@@ -164,24 +168,19 @@ async fn pump(
                 send_provided(to, lease, n as usize, shared).await
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                match op::recv(from.raw(), spare.take()).await {
-                    (Ok(0), buffer) => {
-                        spare.give_back(buffer);
+                // Boxed, as the splice above: rare, and not to be carried
+                // by every connection's task.
+                match Box::pin(copy_spare(from, to, spare, shared, meter)).await {
+                    Ok(None) => {
                         half_close(to, shared).await;
                         break false;
                     }
-                    (Ok(n), buffer) => {
-                        shared.progress();
-                        meter.add(u64::from(n));
-                        let (sent, buffer) = send_owned(to, buffer, shared).await;
-                        spare.give_back(buffer);
-                        sent.map(|()| n as usize)
-                    }
-                    (Err(e), buffer) => {
-                        spare.give_back(buffer);
+                    Ok(Some(n)) => Ok(n),
+                    Err(Failure::Read(e)) => {
                         shared.fail(from_side, e);
                         break true;
                     }
+                    Err(Failure::Write(e)) => Err(e),
                 }
             }
             Err(e) => {
@@ -204,6 +203,34 @@ async fn pump(
         Pair(from.as_fd(), to.as_fd()).reset();
     }
     bytes
+}
+
+/// One chunk received into a pooled buffer (every provided buffer is in
+/// use) and sent on: `Ok(None)` is EOF.
+async fn copy_spare(
+    from: &RingStream,
+    to: &RingStream,
+    spare: &BufferPool,
+    shared: &Shared,
+    meter: &Counter,
+) -> Result<Option<usize>, Failure> {
+    match op::recv(from.raw(), spare.take()).await {
+        (Ok(0), buffer) => {
+            spare.give_back(buffer);
+            Ok(None)
+        }
+        (Ok(n), buffer) => {
+            shared.progress();
+            meter.add(u64::from(n));
+            let (sent, buffer) = send_owned(to, buffer, shared).await;
+            spare.give_back(buffer);
+            sent.map(|()| Some(n as usize)).map_err(Failure::Write)
+        }
+        (Err(e), buffer) => {
+            spare.give_back(buffer);
+            Err(Failure::Read(e))
+        }
+    }
 }
 
 /// Passes the EOF on as a half-close of `to`, unless the other direction

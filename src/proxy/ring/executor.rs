@@ -223,6 +223,11 @@ impl<T> Future for JoinHandle<T> {
 }
 
 /// Wraps `future` so that its output reaches the returned handle.
+///
+/// A hand-written future rather than an `async` block: an `async` block
+/// that awaits a future it captured keeps room for it twice (the captured
+/// value and the awaited one), which doubled every connection's task (4.4
+/// KiB more RSS per idle connection than the epoll loop's tasks).
 pub(super) fn joined<T: 'static>(
     future: impl Future<Output = T> + 'static,
 ) -> (BoxedTask, JoinHandle<T>) {
@@ -231,16 +236,40 @@ pub(super) fn joined<T: 'static>(
         done: Cell::new(false),
         waker: RefCell::new(None),
     });
-    let shared = Rc::clone(&join);
-    let task = Box::pin(async move {
-        let value = future.await;
-        *shared.value.borrow_mut() = Some(value);
-        shared.done.set(true);
-        if let Some(waker) = shared.waker.borrow_mut().take() {
-            waker.wake();
-        }
+    let task = Box::pin(Joined {
+        future,
+        join: Rc::clone(&join),
     });
     (task, JoinHandle(join))
+}
+
+/// A spawned future and where its output goes.
+struct Joined<F: Future> {
+    future: F,
+    join: Rc<Join<F::Output>>,
+}
+
+impl<F: Future> Future for Joined<F> {
+    type Output = ();
+
+    #[allow(unsafe_code)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `future` is pinned structurally: it is never moved out of
+        // `Joined`, which has no `Drop` impl and is only ever used pinned
+        // (boxed by `joined`).
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: as above; `this.future` stays where it is until dropped.
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        let Poll::Ready(value) = future.poll(cx) else {
+            return Poll::Pending;
+        };
+        *this.join.value.borrow_mut() = Some(value);
+        this.join.done.set(true);
+        if let Some(waker) = this.join.waker.borrow_mut().take() {
+            waker.wake();
+        }
+        Poll::Ready(())
+    }
 }
 
 /// Yields once: the task is polled again after the others queued now.
