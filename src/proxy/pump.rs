@@ -17,7 +17,6 @@ use super::pipes::PipePool;
 use super::relay::{Direction, Meters, Outcome, Shared, drive};
 use super::ring_copy::Spares;
 use super::splice::SplicePump;
-use super::tcp_state::Pair;
 use crate::config::{ForwardMode, SCRATCH_BYTES};
 use crate::routing::Counter;
 use rustix::net::{SendFlags, send};
@@ -139,12 +138,7 @@ async fn run<S: Socket, P: Pump>(
             }
         }
     };
-    shared.done(direction);
-    if failed {
-        // Both peers see a reset, and the other direction's pending wait
-        // returns.
-        Pair(from.as_fd(), to.as_fd()).reset();
-    }
+    shared.end(direction, failed, from.as_fd(), to.as_fd());
     bytes
 }
 

@@ -137,6 +137,22 @@ impl Shared {
             self.first_done.set(Some(direction));
         }
     }
+
+    /// Ends `direction`, which moved `from` → `to`: after a failure both
+    /// sockets are reset, so both peers see a reset and the other
+    /// direction's pending wait or op returns.
+    pub fn end(
+        &self,
+        direction: Direction,
+        failed: bool,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+    ) {
+        self.done(direction);
+        if failed {
+            Pair(from, to).reset();
+        }
+    }
 }
 
 /// Which way a pump moves bytes.

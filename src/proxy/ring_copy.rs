@@ -20,7 +20,6 @@ use super::relay::{Direction, Meters, Outcome, Shared, drive};
 use super::ring::{self, op};
 use super::ring_stream::RingStream;
 use super::splice::SplicePump;
-use super::tcp_state::Pair;
 use crate::routing::Counter;
 use std::io;
 use std::os::fd::AsFd;
@@ -196,12 +195,7 @@ async fn pump(
             }
         }
     };
-    shared.done(direction);
-    if failed {
-        // Both peers see a reset, and the other direction's pending recv
-        // returns.
-        Pair(from.as_fd(), to.as_fd()).reset();
-    }
+    shared.end(direction, failed, from.as_fd(), to.as_fd());
     bytes
 }
 
