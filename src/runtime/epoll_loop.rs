@@ -5,15 +5,14 @@
 //! a stop ends them all and drains.
 
 use super::accept::accept_loop;
-use super::listeners::ListenerChange;
-use super::worker::{WorkerPlan, drain};
+use super::serve::Spawner;
+use super::worker::WorkerPlan;
 use crate::proxy::epoll::Epoll;
 use crossbeam_channel::Sender;
-use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::rc::Rc;
-use std::sync::Arc;
-use tokio::sync::watch;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::task::{JoinHandle, LocalSet};
 
 /// Runs the worker of `plan` on an epoll loop until it is stopped and
@@ -38,62 +37,40 @@ pub fn run(plan: WorkerPlan, ready: Sender<io::Result<()>>) {
     local.block_on(&runtime, serve(plan));
 }
 
-/// A running accept loop: its stop switch and its task.
-type AcceptLoop = (watch::Sender<bool>, JoinHandle<()>);
-
-/// Serves `plan`'s listeners until it is stopped, then drains: accept
-/// loops come and go with the listener changes, and every client is served
-/// on this thread's `LocalSet`.
-async fn serve(mut plan: WorkerPlan) {
+/// Serves `plan`'s listeners until it is stopped, then drains; every
+/// client is served on this thread's `LocalSet`.
+async fn serve(plan: WorkerPlan) {
     let (worker, drain_tx) = plan.state(Epoll::new(plan.pumps()));
-    let mut loops: HashMap<String, AcceptLoop> = HashMap::new();
-    let mut stopped: Vec<JoinHandle<()>> = Vec::new();
-    loop {
-        let change = tokio::select! {
-            change = plan.changes.recv() => change,
-            _ = plan.stop.wait_for(|stopping| *stopping) => None,
-        };
-        match change {
-            Some(ListenerChange::Add { name, socket }) => {
-                let (stop_tx, stop_rx) = watch::channel(false);
-                let task = tokio::task::spawn_local(accept_loop(
-                    socket,
-                    Arc::from(name.as_str()),
-                    Rc::clone(&worker),
-                    Arc::clone(&plan.budget),
-                    stop_rx,
-                ));
-                if let Some((old_stop, old_task)) = loops.insert(name, (stop_tx, task)) {
-                    old_stop.send_replace(true);
-                    stopped.push(old_task);
-                }
-            }
-            Some(ListenerChange::Remove { name, done }) => {
-                if let Some((stop, task)) = loops.remove(&name) {
-                    stop.send_replace(true);
-                    stopped.push(tokio::task::spawn_local(async move {
-                        // A panicked accept loop has been reported already.
-                        let _ = task.await;
-                        // The clients it accepted were spawned before this
-                        // task woke; one more turn lets each of them look
-                        // up its route before `done` says the listener may
-                        // leave the table.
-                        tokio::task::yield_now().await;
-                        drop(done);
-                    }));
-                }
-            }
-            None => break,
-        }
-        stopped.retain(|task| !task.is_finished());
+    super::serve::serve::<_, Tokio, _, _>(plan, worker, drain_tx, accept_loop).await;
+}
+
+/// Tasks on the thread's `LocalSet`.
+struct Tokio;
+
+/// A task on the `LocalSet`, awaited for its end only.
+struct LocalTask(JoinHandle<()>);
+
+impl Future for LocalTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // A panicked task has been reported by the panic hook already.
+        Pin::new(&mut self.0).poll(cx).map(drop)
     }
-    for (stop, task) in loops.into_values() {
-        stop.send_replace(true);
-        stopped.push(task);
+}
+
+impl Spawner for Tokio {
+    type Task = LocalTask;
+
+    fn spawn(future: impl Future<Output = ()> + 'static) -> LocalTask {
+        LocalTask(tokio::task::spawn_local(future))
     }
-    for task in stopped {
-        // A panicked accept loop has already been reported by the panic hook.
-        let _ = task.await;
+
+    fn is_finished(task: &LocalTask) -> bool {
+        task.0.is_finished()
     }
-    drain(&worker, plan.drain_timeout, &drain_tx).await;
+
+    fn yield_now() -> impl Future<Output = ()> {
+        tokio::task::yield_now()
+    }
 }

@@ -9,6 +9,7 @@ mod listeners;
 mod port_check;
 mod ring_accept;
 mod ring_loop;
+mod serve;
 mod worker;
 
 pub use budget::accept_paused_seconds;
