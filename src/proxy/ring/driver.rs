@@ -164,15 +164,23 @@ impl Driver {
     /// stay valid until each completes: owned by the op's future, or by its
     /// orphaned slot once that future is dropped.
     pub(super) unsafe fn push(&self, entries: &[squeue::Entry]) {
-        let mut ring = self.ring.borrow_mut();
         loop {
+            let mut ring = self.ring.borrow_mut();
             // SAFETY: the caller keeps what the entries point at alive.
             if unsafe { ring.submission().push_multiple(entries) }.is_ok() {
                 break;
             }
             // Full: hand the queued entries to the kernel now.
-            if let Err(e) = ring.submit() {
-                log::warn!("io_uring submit with a full queue failed: {e}");
+            let submitted = ring.submit();
+            drop(ring);
+            if let Err(e) = submitted {
+                // The kernel refuses more (EBUSY: its completions have
+                // nowhere to go): take the completions, which makes room,
+                // and try again rather than spin on the same refusal.
+                if crate::log_limit::RESOURCE_ERRORS.allow().is_some() {
+                    log::warn!("io_uring submit with a full queue failed: {e}; reaping first");
+                }
+                self.reap();
             }
         }
         self.pending.set(self.pending.get() + entries.len());

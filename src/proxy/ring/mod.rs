@@ -285,6 +285,35 @@ mod tests {
         assert_eq!(runtime.driver.in_flight(), 0);
     }
 
+    /// More ops in one turn than the submission queue holds (1024): the
+    /// queue is handed to the kernel when full and every op still runs;
+    /// dropping them all (more cancels than the queue holds) leaves none
+    /// in flight.
+    #[test]
+    fn it_should_take_more_ops_in_one_turn_than_the_queue_holds() {
+        let runtime = Runtime::new(8, 64).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        runtime.block_on(async move {
+            executor::yield_now().await;
+            let baseline = current().driver.in_flight();
+            let recvs: Vec<_> = (0..3000)
+                .map(|_| op::recv_provided(server.as_raw_fd(), 64))
+                .collect();
+            assert_eq!(current().driver.in_flight(), baseline + 3000);
+            timer::sleep_until(Instant::now() + Duration::from_millis(20)).await;
+            drop(recvs);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while current().driver.in_flight() > baseline {
+                assert!(Instant::now() < deadline, "cancelled recvs never completed");
+                executor::yield_now().await;
+            }
+        });
+        assert_eq!(runtime.driver.in_flight(), 0);
+    }
+
     /// A connect to an address that never answers ends at its linked
     /// timeout; one that is refused says so.
     #[test]
