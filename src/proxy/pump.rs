@@ -14,7 +14,7 @@ use super::buffers::BufferPool;
 use super::copy::{CopyPump, Scratch};
 use super::io::{Socket, Timer};
 use super::pipes::PipePool;
-use super::relay::{Direction, Meters, Outcome, Shared, drive};
+use super::relay::{Direction, Meters, Outcome, Shared, both_ways};
 use super::ring_copy::Spares;
 use super::splice::SplicePump;
 use crate::config::{ForwardMode, SCRATCH_BYTES};
@@ -70,29 +70,19 @@ pub async fn relay<T: Timer, S: Socket, P: Pump>(
     idle_timeout: Duration,
     drain: watch::Receiver<bool>,
 ) -> Outcome {
-    let shared = Shared::default();
-    let both = async {
-        tokio::join!(
-            run(
-                client,
-                upstream,
-                pump,
-                &shared,
-                Direction::FromClient,
-                meters.rx
-            ),
-            run(
-                upstream,
-                client,
-                pump,
-                &shared,
-                Direction::ToClient,
-                meters.tx
-            )
-        )
+    let direction = async |from: &_, to: &_, shared: &Shared, way, meter: &Counter| {
+        run(from, to, pump, shared, way, meter).await
     };
-    let (c, u) = (client.as_fd(), upstream.as_fd());
-    drive(timer, &shared, both, idle_timeout, drain, c, u).await
+    both_ways(
+        timer,
+        client,
+        upstream,
+        meters,
+        idle_timeout,
+        drain,
+        direction,
+    )
+    .await
 }
 
 /// Moves `from` → `to` until EOF (then half-closes `to`) or an error (then

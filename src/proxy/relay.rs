@@ -24,7 +24,7 @@ use crate::routing::Counter;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -172,6 +172,30 @@ impl Direction {
             Direction::ToClient => (Side::Upstream, Side::Client),
         }
     }
+}
+
+/// Runs `direction` (one way's loop: from, to, the shared state, which
+/// way, where its bytes are counted) both ways between `client` and
+/// `upstream` at once, under [`drive`]. Every relay, whatever moves its
+/// bytes, is this.
+pub async fn both_ways<T: Timer, S: AsFd>(
+    timer: &T,
+    client: &S,
+    upstream: &S,
+    meters: Meters<'_>,
+    idle_timeout: Duration,
+    drain: watch::Receiver<bool>,
+    direction: impl AsyncFn(&S, &S, &Shared, Direction, &Counter) -> u64,
+) -> Outcome {
+    let shared = Shared::default();
+    let both = async {
+        tokio::join!(
+            direction(client, upstream, &shared, Direction::FromClient, meters.rx),
+            direction(upstream, client, &shared, Direction::ToClient, meters.tx)
+        )
+    };
+    let (c, u) = (client.as_fd(), upstream.as_fd());
+    drive(timer, &shared, both, idle_timeout, drain, c, u).await
 }
 
 /// Runs both directions (`both`, which share `shared`) of the connection

@@ -16,7 +16,7 @@
 use super::buffers::BufferPool;
 use super::io::{Socket, Timer};
 use super::pump::{Failure, Pump};
-use super::relay::{Direction, Meters, Outcome, Shared, drive};
+use super::relay::{Direction, Meters, Outcome, Shared, both_ways};
 use super::ring::{self, op};
 use super::ring_stream::RingStream;
 use super::splice::SplicePump;
@@ -49,29 +49,19 @@ pub async fn relay<T: Timer>(
     idle_timeout: Duration,
     drain: watch::Receiver<bool>,
 ) -> Outcome {
-    let shared = Shared::default();
-    let both = async {
-        tokio::join!(
-            pump(
-                client,
-                upstream,
-                spares,
-                &shared,
-                Direction::FromClient,
-                meters.rx
-            ),
-            pump(
-                upstream,
-                client,
-                spares,
-                &shared,
-                Direction::ToClient,
-                meters.tx
-            )
-        )
+    let direction = async |from: &_, to: &_, shared: &Shared, way, meter: &Counter| {
+        pump(from, to, spares, shared, way, meter).await
     };
-    let (c, u) = (client.as_fd(), upstream.as_fd());
-    drive(timer, &shared, both, idle_timeout, drain, c, u).await
+    both_ways(
+        timer,
+        client,
+        upstream,
+        meters,
+        idle_timeout,
+        drain,
+        direction,
+    )
+    .await
 }
 
 /// A provided buffer taken out of the ring: it goes back when dropped
