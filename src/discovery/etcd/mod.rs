@@ -172,7 +172,9 @@ async fn follow(
                     );
                 }
             };
-        // Current again: say so once, and start the backoff afresh.
+        // Current again: up in /metrics before the log says so, then say it
+        // once, and start the backoff afresh.
+        status.synced();
         if let Some(out) = outage.take() {
             log::info!(
                 "etcd reachable again after {} s; following {} from revision {}",
@@ -181,7 +183,6 @@ async fn follow(
                 from
             );
         }
-        status.synced();
         *backoff = MIN_BACKOFF;
         loop {
             let first = match stream.message().await {
