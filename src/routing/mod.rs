@@ -7,11 +7,13 @@
 //! by merging the config with every source ([`snapshot`]).
 
 pub mod admission;
+pub mod client_limits;
 pub mod counters;
 mod discovered;
 pub mod endpoint;
 pub mod health;
 pub mod service;
+pub mod sni;
 pub mod snapshot;
 mod source;
 pub mod stats;

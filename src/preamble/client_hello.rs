@@ -1,0 +1,1 @@
+//! The TLS ClientHello: its server name (SNI) and ALPN protocols.

@@ -1,0 +1,1 @@
+//! The PROXY protocol header (v1 text and v2 binary): parsing and encoding.

@@ -1,0 +1,1 @@
+//! Per-client connection limits: a bounded table shared by all workers.

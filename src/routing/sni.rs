@@ -1,0 +1,1 @@
+//! SNI routing rules: which rule a ClientHello's server name (and ALPN) matches.
