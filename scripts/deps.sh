@@ -9,6 +9,8 @@ set -euo pipefail
 
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/descriptor.proto), which etcd's protos import.
+[[ -e /usr/include/google/protobuf/descriptor.proto ]] || missing+=(libprotobuf-dev)
 command -v prlimit >/dev/null || missing+=(util-linux)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v etcd >/dev/null || missing+=(etcd-server)
