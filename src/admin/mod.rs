@@ -6,6 +6,7 @@
 
 mod http;
 
+use crate::config::ListenerRoute;
 use crate::metrics::access_log::AccessLog;
 use crate::metrics::exposition::{self, Sources};
 use crate::metrics::{DiscoveryStats, ProcessStats, ReloadStats};
@@ -126,7 +127,8 @@ fn config_json(table: &Snapshot, bound: &[(String, SocketAddr)]) -> Value {
                 .map(|(_, a)| a.to_string());
             json!({
                 "name": l.config.name, "listen": l.config.listen.to_string(),
-                "bound": addr, "service": l.config.service,
+                "bound": addr, "route": route_json(&l.config.route),
+                "accept_proxy": l.config.accept_proxy.is_some(),
                 "max_connections": l.config.max_connections, "open": l.clients.open(),
             })
         })
@@ -184,4 +186,18 @@ fn config_json(table: &Snapshot, bound: &[(String, SocketAddr)]) -> Value {
         })
         .collect();
     json!({"generation": table.generation, "listeners": listeners, "services": services})
+}
+
+/// A listener's route in `/config`: `{"service": NAME}`, or its SNI rules
+/// and default service.
+fn route_json(route: &ListenerRoute) -> Value {
+    match route {
+        ListenerRoute::Service(name) => json!({ "service": name }),
+        ListenerRoute::Sni(sni) => json!({
+            "sni": sni.rules.iter().map(|r| json!({
+                "names": r.names, "service": r.service, "alpn": r.alpn,
+            })).collect::<Vec<_>>(),
+            "default_service": sni.default_service,
+        }),
+    }
 }

@@ -190,11 +190,57 @@ impl Default for FileRuntime {
 pub struct FileListener {
     /// `IP:port` to listen on.
     pub listen: String,
-    /// The name of the service that gets this listener's connections.
-    pub service: String,
+    /// The name of the service that gets this listener's connections (not
+    /// with `sni`, which names a service per rule).
+    pub service: Option<String>,
     /// Open client connections allowed at once, across all workers; none
     /// means no limit.
     pub max_connections: Option<i64>,
+    /// `"v1"`, `"v2"` or `"any"`: trusted clients start with a PROXY
+    /// protocol header of that version.
+    pub accept_proxy: Option<String>,
+    /// Prefixes whose clients must send the header (required with
+    /// `accept_proxy`).
+    pub trusted_sources: Option<Vec<String>>,
+    /// `"reject"` (the default) or `"plain"`: what becomes of a client from
+    /// an untrusted address.
+    pub untrusted_sources: Option<String>,
+    /// How long a trusted client may take to send its whole header.
+    pub proxy_header_timeout: Option<String>,
+    /// Route by the TLS ClientHello's server name: rules in order.
+    pub sni: Option<Vec<FileSniRule>>,
+    /// Where an SNI listener sends what no rule takes.
+    pub default_service: Option<String>,
+    /// How long an SNI listener waits for the whole ClientHello.
+    pub client_hello_timeout: Option<String>,
+    /// The largest ClientHello an SNI listener reads, in bytes.
+    pub client_hello_max_size: Option<i64>,
+    /// Open connections allowed at once from one client (or prefix).
+    pub max_connections_per_client: Option<i64>,
+    /// New connections allowed from one client: `"N/s"`, `"N/m"`, `"N/h"`.
+    pub connection_rate_per_client: Option<String>,
+    /// Connections one client may open at once in a burst (default: N of
+    /// the rate).
+    pub connection_burst_per_client: Option<i64>,
+    /// The IPv4 prefix length that makes one client for the per-client
+    /// limits (default 32).
+    pub client_prefix_v4: Option<i64>,
+    /// The IPv6 prefix length that makes one client (default 128).
+    pub client_prefix_v6: Option<i64>,
+}
+
+/// One rule of a listener's `sni` list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSniRule {
+    /// Server names (`api.example.com`) or one-label wildcards
+    /// (`*.example.com`).
+    pub names: Vec<String>,
+    /// The service that gets the matching connections.
+    pub service: String,
+    /// ALPN protocols, one of which the client must offer; empty for any.
+    #[serde(default)]
+    pub alpn: Vec<String>,
 }
 
 /// `[services.NAME]`.
@@ -227,6 +273,9 @@ pub struct FileService {
     pub outlier: Option<FileOutlier>,
     /// `"etcd"` or `{ srv, refresh }`: where more endpoints come from.
     pub discovery: Option<FileServiceDiscovery>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header on every upstream
+    /// connection.
+    pub send_proxy: Option<String>,
 }
 
 /// `[services.NAME.health]`.

@@ -2,22 +2,32 @@
 //! runtime types below ([`validate`]), and errors that explain themselves.
 
 mod affinity;
+mod cidr;
 mod discovery;
 mod duration;
 mod endpoints;
 mod error;
 pub mod file;
+mod listener;
+mod listeners;
 mod names;
+mod sni;
 mod validate;
 
 pub use affinity::{CpuAffinity, cpu_list, parse_cpu_affinity};
+pub use cidr::Cidr;
 pub use discovery::{DiscoveryConfig, DnsConfig, EtcdConfig, EtcdTls, ServiceDiscovery};
 pub use duration::parse_duration;
 pub use endpoints::{looping_listener, unusable_endpoint};
 pub use error::{ConfigError, Problem};
+pub use listener::{
+    ClientLimits, ListenerConfig, ListenerRoute, ProxyAccept, Rate, SniRouting, SniRule, Untrusted,
+};
 pub use names::is_valid_name;
+pub use sni::check_name as check_sni_name;
 pub use validate::MAX_DURATION;
 
+use crate::preamble::proxy_header::Version;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -153,20 +163,6 @@ impl ForwardMode {
     }
 }
 
-/// One `[listeners.NAME]`, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListenerConfig {
-    /// The table name: `[A-Za-z0-9_.-]+`.
-    pub name: String,
-    /// Where to listen.
-    pub listen: SocketAddr,
-    /// The service its connections go to (known to exist).
-    pub service: String,
-    /// Open client connections allowed at once across all workers; a client
-    /// over the limit is accepted and closed at once.
-    pub max_connections: Option<u64>,
-}
-
 /// The balancing policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancePolicy {
@@ -219,6 +215,9 @@ pub struct ServiceConfig {
     pub outlier: Option<OutlierConfig>,
     /// Where more endpoints come from, besides the file and the registry.
     pub discovery: Option<ServiceDiscovery>,
+    /// The PROXY protocol header written on every upstream connection, if
+    /// any (and, as a LOCAL header, on every health probe).
+    pub send_proxy: Option<Version>,
 }
 
 /// `[services.NAME.health]`, validated: `timeout < interval`, thresholds at

@@ -2,9 +2,10 @@
 //! the key path, the value, the reason and the fix.
 
 use super::discovery;
+use super::listeners;
 use super::endpoints::{looping_listener, unusable_endpoint};
 use super::file::{
-    FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileListener, FileOutlier, FileRegistry,
+    FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileOutlier, FileRegistry,
     FileRuntime, FileService,
 };
 use super::names::{is_valid_name, suggested_name, table_key};
@@ -14,6 +15,7 @@ use super::{
     RegistryConfig, RuntimeConfig, SCRATCH_BYTES, ServiceConfig, parse_cpu_affinity,
     parse_duration,
 };
+use crate::preamble::proxy_header::Version;
 use rustix::thread::CpuSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -124,7 +126,7 @@ pub(super) fn quoted(text: &str) -> String {
 pub fn validate(file: FileConfig, path: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
     let runtime = runtime(&file.runtime, &mut problems);
-    let listeners = listeners(&file, &mut problems);
+    let listeners = listeners::listeners(&file, &mut problems);
     let services: Vec<_> = file
         .services
         .iter()
@@ -347,7 +349,7 @@ fn registry_mode(text: &str) -> Result<u32, &'static str> {
 }
 
 /// Reports `name` (of a table in `section`) if it is not a valid name.
-fn check_name(section: &str, name: &str, referrers: &str, problems: &mut Problems) {
+pub(super) fn check_name(section: &str, name: &str, referrers: &str, problems: &mut Problems) {
     if is_valid_name(name) {
         return;
     }
@@ -363,82 +365,6 @@ fn check_name(section: &str, name: &str, referrers: &str, problems: &mut Problem
     );
 }
 
-fn listeners(file: &FileConfig, problems: &mut Problems) -> Vec<ListenerConfig> {
-    let mut out: Vec<ListenerConfig> = Vec::new();
-    for (
-        name,
-        FileListener {
-            listen,
-            service,
-            max_connections,
-        },
-    ) in &file.listeners
-    {
-        check_name("listeners", name, "", problems);
-        let key = table_key("listeners", name);
-        let addr = problems.address(&format!("{key}.listen"), listen, true);
-        let limit = max_connections.map(|n| {
-            problems.integer(
-                &format!("{key}.max_connections"),
-                n,
-                1,
-                MAX_CONNECTIONS,
-                "use the most clients this listener may hold open at once, or remove the key \
-                 for no limit",
-            )
-        });
-        if !file.services.contains_key(service) {
-            let known: Vec<_> = file.services.keys().map(String::as_str).collect();
-            let fix = if known.is_empty() {
-                format!("add a [services.{service}] table")
-            } else {
-                format!(
-                    "use one of: {}, or add a [services.{service}] table",
-                    known.join(", ")
-                )
-            };
-            problems.push(
-                &format!("{key}.service"),
-                quoted(service),
-                "no service has this name",
-                &fix,
-            );
-        }
-        let (Some(addr), Some(max_connections)) = (addr, flip(limit)) else {
-            continue;
-        };
-        if let Some(other) = out.iter().find(|l| same_listen_address(l.listen, addr)) {
-            problems.push(
-                &format!("{key}.listen"),
-                quoted(listen),
-                &format!(
-                    "listeners.{} already listens on {}",
-                    other.name, other.listen
-                ),
-                "give each listener its own address or port",
-            );
-            continue;
-        }
-        out.push(ListenerConfig {
-            name: name.clone(),
-            listen: addr,
-            service: service.clone(),
-            max_connections: max_connections.map(|n| n as u64),
-        });
-    }
-    out
-}
-
-/// Two listen addresses collide when their ports match (port 0 asks the
-/// kernel for a fresh one, so it never collides) and their IPs match or
-/// either is the wildcard of the same family.
-fn same_listen_address(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
 fn service(
     name: &str,
     file: &FileService,
@@ -448,7 +374,7 @@ fn service(
     check_name(
         "services",
         name,
-        ", and the listeners' `service` keys that name it",
+        ", and the listeners' `service`, `default_service` and `sni` keys that name it",
         problems,
     );
     let key = table_key("services", name);
@@ -547,6 +473,19 @@ fn service(
         .outlier
         .as_ref()
         .map(|o| outlier(&format!("{key}.outlier"), o, problems));
+    let send_proxy = file.send_proxy.as_ref().map(|v| match v.as_str() {
+        "v1" => Some(Version::V1),
+        "v2" => Some(Version::V2),
+        _ => {
+            problems.push(
+                &format!("{key}.send_proxy"),
+                quoted(v),
+                "not a PROXY protocol version",
+                "use \"v1\" or \"v2\" (what the endpoints accept), or remove the key",
+            );
+            None
+        }
+    });
     Some(ServiceConfig {
         name: name.to_string(),
         balance: balance?,
@@ -562,12 +501,13 @@ fn service(
             None => None,
             Some(d) => Some(discovery::service_discovery(&key, d, problems)?),
         },
+        send_proxy: flip(send_proxy)?,
     })
 }
 
 /// An optional setting that may have failed validation: `Some(None)` when it
 /// is absent, `None` when it is present and wrong.
-fn flip<T>(value: Option<Option<T>>) -> Option<Option<T>> {
+pub(super) fn flip<T>(value: Option<Option<T>>) -> Option<Option<T>> {
     match value {
         None => Some(None),
         Some(checked) => checked.map(Some),

@@ -510,10 +510,12 @@ fn bridge_config(next: &Config, previous: &Config, retiring: &[String]) -> Confi
         if !retiring.contains(&listener.name) {
             continue;
         }
-        if bridge.service(&listener.service).is_none()
-            && let Some(service) = previous.service(&listener.service)
-        {
-            bridge.services.push(service.clone());
+        for name in listener.services() {
+            if bridge.service(name).is_none()
+                && let Some(service) = previous.service(name)
+            {
+                bridge.services.push(service.clone());
+            }
         }
         bridge.listeners.push(listener.clone());
     }

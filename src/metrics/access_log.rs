@@ -9,7 +9,7 @@
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::json;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
@@ -52,6 +52,16 @@ pub enum Ending {
     DrainedAtShutdown,
     /// Closed at once: the listener was at `max_connections`.
     Rejected,
+    /// Reset at once: the client was over a per-client limit.
+    ClientLimit,
+    /// Reset at once: the client's address is not a trusted PROXY protocol
+    /// source.
+    UntrustedSource,
+    /// Reset: its PROXY protocol header was missing, malformed or late.
+    ProxyHeaderError,
+    /// Reset: an SNI listener found no rule for it and has no
+    /// `default_service`.
+    NoRoute,
 }
 
 impl Ending {
@@ -66,21 +76,49 @@ impl Ending {
             Ending::Reset => "reset",
             Ending::DrainedAtShutdown => "drained_at_shutdown",
             Ending::Rejected => "rejected",
+            Ending::ClientLimit => "client_limit",
+            Ending::UntrustedSource => "untrusted_source",
+            Ending::ProxyHeaderError => "proxy_header_error",
+            Ending::NoRoute => "no_route",
         }
+    }
+}
+
+/// A connection's id in logs, `w<worker>-<n>`: built without allocating and
+/// formatted only when a line is actually written. It is also the
+/// `PP2_TYPE_UNIQUE_ID` of a v2 PROXY header l4mesh sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId {
+    /// The worker that accepted it.
+    pub worker: usize,
+    /// Its number on that worker, from 1.
+    pub n: u64,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}-{}", self.worker, self.n)
     }
 }
 
 /// One closed connection.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// Its id, as the debug log lines say it.
+    pub id: ConnId,
     /// When it was accepted.
     pub start: SystemTime,
     /// How long it lasted.
     pub duration: Duration,
     /// The listener that accepted it.
     pub listener: Arc<str>,
-    /// The client's address.
+    /// The client's address: the source a PROXY protocol header gave, or
+    /// the TCP peer's.
     pub client: SocketAddr,
+    /// The TCP peer when a PROXY protocol header named another client.
+    pub peer: Option<SocketAddr>,
+    /// The server name of its TLS ClientHello, on an SNI listener.
+    pub server_name: Option<Box<str>>,
     /// The upstream it was forwarded to, if any.
     pub endpoint: Option<SocketAddr>,
     /// Bytes from the client.
@@ -101,23 +139,29 @@ impl Record {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let endpoint = self.endpoint.map(|e| e.to_string());
+        let peer = self.peer.map(|p| p.to_string());
         match format {
             AccessLogFormat::Json => json!({
                 "start": start, "duration_ms": self.duration.as_secs_f64() * 1000.0,
-                "listener": &*self.listener, "client": self.client.to_string(),
+                "id": self.id.to_string(), "listener": &*self.listener,
+                "client": self.client.to_string(), "peer": peer,
+                "server_name": self.server_name.as_deref(),
                 "endpoint": endpoint, "rx_bytes": self.rx, "tx_bytes": self.tx,
                 "attempts": self.attempts, "end": self.end.label(),
             })
             .to_string(),
             AccessLogFormat::Logfmt => {
-                let mut line = String::with_capacity(160);
+                let mut line = String::with_capacity(200);
                 let _ = write!(
                     line,
-                    "start={start:.6} duration_ms={:.3} listener={} client={} endpoint={} \
-                     rx_bytes={} tx_bytes={} attempts={} end={}",
+                    "start={start:.6} duration_ms={:.3} id={} listener={} client={} peer={} \
+                     server_name={} endpoint={} rx_bytes={} tx_bytes={} attempts={} end={}",
                     self.duration.as_secs_f64() * 1000.0,
+                    self.id,
                     logfmt_value(&self.listener),
                     self.client,
+                    peer.as_deref().unwrap_or("-"),
+                    self.server_name.as_deref().unwrap_or("-"),
                     endpoint.as_deref().unwrap_or("-"),
                     self.rx,
                     self.tx,
@@ -285,10 +329,13 @@ mod tests {
 
     fn record() -> Record {
         Record {
+            id: ConnId { worker: 1, n: 7 },
             start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
             duration: Duration::from_micros(1500),
             listener: Arc::from("web"),
             client: "127.0.0.1:5000".parse().unwrap(),
+            peer: None,
+            server_name: None,
             endpoint: Some("127.0.0.1:9001".parse().unwrap()),
             rx: 10,
             tx: 20,
@@ -301,14 +348,25 @@ mod tests {
     fn it_should_write_logfmt_and_json_lines() {
         assert_eq!(
             record().format(AccessLogFormat::Logfmt),
-            "start=1700000000.250000 duration_ms=1.500 listener=web client=127.0.0.1:5000 \
-             endpoint=127.0.0.1:9001 rx_bytes=10 tx_bytes=20 attempts=1 end=upstream_closed"
+            "start=1700000000.250000 duration_ms=1.500 id=w1-7 listener=web \
+             client=127.0.0.1:5000 peer=- server_name=- endpoint=127.0.0.1:9001 rx_bytes=10 \
+             tx_bytes=20 attempts=1 end=upstream_closed"
         );
+        let relayed = Record {
+            peer: Some("127.0.0.9:4000".parse().unwrap()),
+            server_name: Some("api.example.com".into()),
+            ..record()
+        };
+        let line = relayed.format(AccessLogFormat::Logfmt);
+        assert!(line.contains(" peer=127.0.0.9:4000 server_name=api.example.com "));
         let json: serde_json::Value =
             serde_json::from_str(&record().format(AccessLogFormat::Json)).unwrap();
         assert_eq!(json["end"], "upstream_closed");
         assert_eq!(json["endpoint"], "127.0.0.1:9001");
         assert_eq!(json["tx_bytes"], 20);
+        assert_eq!(json["id"], "w1-7");
+        assert_eq!(json["peer"], serde_json::Value::Null);
+        assert_eq!(json["server_name"], serde_json::Value::Null);
     }
 
     #[test]

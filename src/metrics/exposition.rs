@@ -13,8 +13,10 @@ use super::names::*;
 use super::process::ProcessStats;
 use super::{DiscoveryStats, ReloadStats};
 use crate::routing::{CONNECT_BUCKETS, DURATION_BUCKETS, Histogram, PerWorker};
-use crate::routing::{EndpointState, FailureReason, ResetCause, Snapshot};
+use crate::routing::{ClientLimitReason, EndpointState, FailureReason, ResetCause, Snapshot};
 use std::fmt::Write;
+
+mod preamble;
 
 /// Writes one metric family at a time.
 struct Writer {
@@ -160,16 +162,29 @@ fn listeners(w: &mut Writer, snapshot: &Snapshot) {
     w.family(
         CONNECTIONS_REJECTED_TOTAL,
         "counter",
-        "Client connections closed at once, by reason (max_connections).",
+        "Client connections closed at once, by the limit that turned them away: \
+         max_connections, max_connections_per_client, connection_rate_per_client.",
     );
     for l in &snapshot.listeners {
+        let name = l.config.name.as_str();
         let rejected = l.stats.sum(|s| s.rejected.get());
         w.sample(
             CONNECTIONS_REJECTED_TOTAL,
-            &[("listener", &l.config.name), ("reason", "max_connections")],
+            &[("listener", name), ("reason", "max_connections")],
             rejected,
         );
+        if l.config.per_client.is_some() {
+            for reason in ClientLimitReason::ALL {
+                let n = l.stats.sum(|s| s.client_limited[reason as usize].get());
+                w.sample(
+                    CONNECTIONS_REJECTED_TOTAL,
+                    &[("listener", name), ("reason", reason.label())],
+                    n,
+                );
+            }
+        }
     }
+    preamble::listeners(w, snapshot);
     w.family(
         CONNECTIONS_RESET_TOTAL,
         "counter",

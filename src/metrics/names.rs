@@ -36,6 +36,14 @@ pub const ENDPOINTS: &str = "l4mesh_endpoints";
 pub const ENDPOINT_HEALTHY: &str = "l4mesh_endpoint_healthy";
 /// Client connections closed at once, per listener and reason.
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "l4mesh_connections_rejected_total";
+/// Clients admitted without a per-client entry (the table had no room).
+pub const CLIENT_LIMIT_UNTRACKED_TOTAL: &str = "l4mesh_client_limit_untracked_total";
+/// Clients reset for their PROXY protocol header, per listener and reason.
+pub const PROXY_HEADER_ERRORS_TOTAL: &str = "l4mesh_proxy_header_errors_total";
+/// Connections an SNI listener routed, per listener and rule.
+pub const SNI_ROUTES_TOTAL: &str = "l4mesh_sni_routes_total";
+/// ClientHellos an SNI listener could not route by, per listener and reason.
+pub const CLIENT_HELLO_FAILURES_TOTAL: &str = "l4mesh_client_hello_failures_total";
 /// Connections l4mesh ended with a reset, per listener and cause.
 pub const CONNECTIONS_RESET_TOTAL: &str = "l4mesh_connections_reset_total";
 /// Outlier ejections, per endpoint.

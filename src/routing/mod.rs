@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod health;
 pub mod service;
 pub mod sni;
+pub mod sni_routes;
 pub mod snapshot;
 mod source;
 pub mod stats;
@@ -26,6 +27,6 @@ pub use service::{Choice, Outlier, Service};
 pub use snapshot::{ConfigOnly, Inputs, Listener, Snapshot, Table};
 pub use source::Source;
 pub use stats::{
-    EndpointSlot, EndpointStats, FailureReason, ListenerSlot, ListenerStats, ResetCause,
-    ServiceSlot, ServiceStats,
+    ClientLimitReason, EndpointSlot, EndpointStats, FailureReason, HeaderFailure, HelloFailure,
+    ListenerSlot, ListenerStats, ResetCause, ServiceSlot, ServiceStats,
 };

@@ -14,7 +14,9 @@ use super::admission::ClientCount;
 use super::service::Service;
 use super::stats::ListenerStats;
 use super::{Discovered, Source};
-use crate::config::{Config, ListenerConfig};
+use super::client_limits::ClientTable;
+use super::sni_routes::SniRoutes;
+use crate::config::{Config, ListenerConfig, ListenerRoute};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,6 +58,11 @@ pub struct Listener {
     pub stats: Arc<ListenerStats>,
     /// Its open clients across every worker, for `max_connections`.
     pub clients: Arc<ClientCount>,
+    /// Its SNI rules and their counts, when it routes by SNI.
+    pub sni: Option<SniRoutes>,
+    /// Its per-client state, when it has per-client limits (kept across
+    /// reloads while it has them, so a reload resets no client's count).
+    pub client_table: Option<Arc<ClientTable>>,
 }
 
 /// One immutable routing table.
@@ -88,6 +95,18 @@ impl Snapshot {
             .iter()
             .map(|l| {
                 let old = previous.and_then(|p| p.listener(&l.name));
+                let sni = match &l.route {
+                    ListenerRoute::Sni(sni) => Some(SniRoutes::build(
+                        sni,
+                        old.and_then(|o| o.sni.as_ref()),
+                        config.runtime.workers,
+                    )),
+                    ListenerRoute::Service(_) => None,
+                };
+                let client_table = l.per_client.as_ref().map(|_| {
+                    old.and_then(|o| o.client_table.clone())
+                        .unwrap_or_else(|| Arc::new(ClientTable::new(ClientTable::DEFAULT_CAPACITY)))
+                });
                 Listener {
                     config: l.clone(),
                     stats: old.map_or_else(
@@ -95,6 +114,8 @@ impl Snapshot {
                         |old| Arc::clone(&old.stats),
                     ),
                     clients: old.map_or_else(Arc::default, |old| Arc::clone(&old.clients)),
+                    sni,
+                    client_table,
                 }
             })
             .collect();
@@ -110,9 +131,13 @@ impl Snapshot {
         self.listeners.iter().find(|l| l.config.name == name)
     }
 
-    /// The service that connections on listener `name` go to.
+    /// The service that connections on listener `name` go to, when it
+    /// routes to one fixed service (not by SNI).
     pub fn route(&self, listener: &str) -> Option<&Arc<Service>> {
-        self.services.get(&self.listener(listener)?.config.service)
+        match &self.listener(listener)?.config.route {
+            ListenerRoute::Service(name) => self.services.get(name),
+            ListenerRoute::Sni(_) => None,
+        }
     }
 }
 

@@ -66,6 +66,111 @@ impl ResetCause {
     }
 }
 
+/// Why a PROXY protocol header was not taken, as the `reason` label says
+/// it; the client was reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderFailure {
+    /// No whole header within `proxy_header_timeout`.
+    Timeout = 0,
+    /// Not a valid header of an accepted version.
+    Malformed = 1,
+    /// The client closed (or reset) before its header was whole.
+    Closed = 2,
+    /// The client's address is not in `trusted_sources` and
+    /// `untrusted_sources = "reject"`.
+    Untrusted = 3,
+}
+
+impl HeaderFailure {
+    /// Every reason, in label order.
+    pub const ALL: [HeaderFailure; 4] = [
+        HeaderFailure::Timeout,
+        HeaderFailure::Malformed,
+        HeaderFailure::Closed,
+        HeaderFailure::Untrusted,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HeaderFailure::Timeout => "timeout",
+            HeaderFailure::Malformed => "malformed",
+            HeaderFailure::Closed => "closed",
+            HeaderFailure::Untrusted => "untrusted",
+        }
+    }
+}
+
+/// Why an SNI listener could not route by a client's hello, as the
+/// `reason` label says it; the client went to `default_service`, or was
+/// reset without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloFailure {
+    /// The first bytes are not a TLS handshake record.
+    NotTls = 0,
+    /// A TLS record or ClientHello that breaks the format.
+    Malformed = 1,
+    /// A ClientHello larger than `client_hello_max_size`.
+    Oversized = 2,
+    /// The client sent its EOF before the hello was whole.
+    Truncated = 3,
+    /// No whole hello within `client_hello_timeout`.
+    Timeout = 4,
+    /// A hello without a server name.
+    NoSni = 5,
+    /// A server name that no rule takes.
+    NoMatch = 6,
+}
+
+impl HelloFailure {
+    /// Every reason, in label order.
+    pub const ALL: [HelloFailure; 7] = [
+        HelloFailure::NotTls,
+        HelloFailure::Malformed,
+        HelloFailure::Oversized,
+        HelloFailure::Truncated,
+        HelloFailure::Timeout,
+        HelloFailure::NoSni,
+        HelloFailure::NoMatch,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HelloFailure::NotTls => "not_tls",
+            HelloFailure::Malformed => "malformed",
+            HelloFailure::Oversized => "oversized",
+            HelloFailure::Truncated => "truncated",
+            HelloFailure::Timeout => "timeout",
+            HelloFailure::NoSni => "no_sni",
+            HelloFailure::NoMatch => "no_match",
+        }
+    }
+}
+
+/// Which per-client limit turned a client away, as the `reason` label says
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimitReason {
+    /// `max_connections_per_client`.
+    Connections = 0,
+    /// `connection_rate_per_client`.
+    Rate = 1,
+}
+
+impl ClientLimitReason {
+    /// Every reason, in label order.
+    pub const ALL: [ClientLimitReason; 2] = [ClientLimitReason::Connections, ClientLimitReason::Rate];
+
+    /// The label value: the key that set the limit.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientLimitReason::Connections => "max_connections_per_client",
+            ClientLimitReason::Rate => "connection_rate_per_client",
+        }
+    }
+}
+
 /// One worker's counts for a listener.
 #[derive(Debug, Default)]
 pub struct ListenerSlot {
@@ -81,6 +186,16 @@ pub struct ListenerSlot {
     pub rejected: Counter,
     /// Connections ended with a reset both ways, by [`ResetCause`].
     pub resets: [Counter; 4],
+    /// Clients reset for their PROXY protocol header, by [`HeaderFailure`].
+    pub header_failures: [Counter; 4],
+    /// Hellos an SNI listener could not route by, by [`HelloFailure`].
+    pub hello_failures: [Counter; 7],
+    /// Clients reset at once for a per-client limit, by
+    /// [`ClientLimitReason`].
+    pub client_limited: [Counter; 2],
+    /// Clients admitted untracked because the per-client table had no room
+    /// for them.
+    pub client_untracked: Counter,
     /// How long connections lasted, from accept to close.
     pub duration: Histogram<{ DURATION_BUCKETS.len() }>,
 }
