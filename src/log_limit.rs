@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 /// memory (accept and connect alike): one line a second for the process.
 pub static RESOURCE_ERRORS: LogLimit = LogLimit::new(Duration::from_secs(1));
 
+/// The gate for lines about clients turned away before they were routed (a
+/// bad PROXY header, an untrusted sender, a per-client limit): one line
+/// every ten seconds for the process, each a sample of the kind; the
+/// metrics count every one.
+pub static ADMISSION_REFUSALS: LogLimit = LogLimit::new(Duration::from_secs(10));
+
 /// Lets one log line through per interval, counting the ones it holds back.
 #[derive(Debug)]
 pub struct LogLimit {

@@ -20,6 +20,7 @@
 use super::probe::probe;
 use super::schedule;
 use crate::config::HealthConfig;
+use crate::preamble::proxy_header::Version;
 use crate::routing::health::threshold::{Tally, Thresholds, Verdict};
 use crate::routing::health::{EJECTIONS, monotonic_ms};
 use crate::routing::{Endpoint, Snapshot, Table};
@@ -73,6 +74,7 @@ impl Checker {
 struct Running {
     endpoint: Arc<Endpoint>,
     config: HealthConfig,
+    send_proxy: Option<Version>,
     task: TaskHandle<()>,
 }
 
@@ -158,6 +160,7 @@ fn reconcile(snapshot: &Snapshot, running: &mut HashMap<Key, Running>) {
             if let Some(r) = running.get(&key)
                 && Arc::ptr_eq(&r.endpoint, endpoint)
                 && r.config == *config
+                && r.send_proxy == service.send_proxy
             {
                 continue;
             }
@@ -169,12 +172,13 @@ fn reconcile(snapshot: &Snapshot, running: &mut HashMap<Key, Running>) {
             let task = tokio::spawn(probe_loop(
                 name.clone(),
                 Arc::clone(endpoint),
-                config.clone(),
+                (config.clone(), service.send_proxy),
                 first,
             ));
             let started = Running {
                 endpoint: Arc::clone(endpoint),
                 config: config.clone(),
+                send_proxy: service.send_proxy,
                 task,
             };
             if let Some(old) = running.insert(key, started) {
@@ -191,11 +195,12 @@ fn reconcile(snapshot: &Snapshot, running: &mut HashMap<Key, Running>) {
     });
 }
 
-/// Probes one endpoint forever (until its task is aborted).
+/// Probes one endpoint forever (until its task is aborted), each probe
+/// opening with a LOCAL PROXY header when the service sends headers.
 async fn probe_loop(
     service: String,
     endpoint: Arc<Endpoint>,
-    config: HealthConfig,
+    (config, send_proxy): (HealthConfig, Option<Version>),
     first: Duration,
 ) {
     let thresholds = Thresholds {
@@ -208,7 +213,7 @@ async fn probe_loop(
     loop {
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
-        let outcome = probe(addr, &config).await;
+        let outcome = probe(addr, &config, send_proxy).await;
         let why = outcome.err().map(|e| e.to_string());
         if let Some(why) = &why {
             log::debug!("health: service {service} endpoint {addr}: check failed: {why}");

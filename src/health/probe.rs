@@ -1,9 +1,12 @@
-//! One active health probe: connect, optionally send `send`, optionally
+//! One active health probe: connect, send a LOCAL PROXY protocol header if
+//! the service sends headers (as HAProxy's `check-send-proxy` does: the
+//! endpoint then expects one first), optionally send `send`, optionally
 //! read until the reply is known to start with `expect` (or not), all
 //! within `timeout`. The socket is closed with a reset (zero linger), as
 //! HAProxy's checks are, so frequent probes leave no TIME_WAIT behind.
 
 use crate::config::HealthConfig;
+use crate::preamble::proxy_header::{self, Version};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,15 +41,24 @@ pub enum ProbeError {
     },
 }
 
-/// Probes `addr` as `config` says.
-pub async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<(), ProbeError> {
-    match tokio::time::timeout(config.timeout, exchange(addr, config)).await {
+/// Probes `addr` as `config` says, opening with a LOCAL header of version
+/// `send_proxy` if given.
+pub async fn probe(
+    addr: SocketAddr,
+    config: &HealthConfig,
+    send_proxy: Option<Version>,
+) -> Result<(), ProbeError> {
+    match tokio::time::timeout(config.timeout, exchange(addr, config, send_proxy)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ProbeError::Timeout(config.timeout)),
     }
 }
 
-async fn exchange(addr: SocketAddr, config: &HealthConfig) -> Result<(), ProbeError> {
+async fn exchange(
+    addr: SocketAddr,
+    config: &HealthConfig,
+    send_proxy: Option<Version>,
+) -> Result<(), ProbeError> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             ProbeError::Refused
@@ -56,6 +68,11 @@ async fn exchange(addr: SocketAddr, config: &HealthConfig) -> Result<(), ProbeEr
     })?;
     // A reset on close, not a FIN: no TIME_WAIT per probe. Best effort.
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    if let Some(version) = send_proxy {
+        let mut header = Vec::new();
+        proxy_header::encode_local(version, &mut header);
+        stream.write_all(&header).await.map_err(ProbeError::Send)?;
+    }
     if let Some(send) = &config.send {
         stream.write_all(send).await.map_err(ProbeError::Send)?;
     }

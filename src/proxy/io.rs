@@ -38,13 +38,24 @@ pub trait Socket: AsFd {
 pub trait Timer {
     /// Completes at `deadline` (at once if it has passed).
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()>;
+
+    /// Runs `work` until it completes (`Some`) or `deadline` passes
+    /// (`None`, and `work` is dropped).
+    fn within<F: Future>(&self, deadline: Instant, work: F) -> impl Future<Output = Option<F::Output>> {
+        async move {
+            tokio::select! {
+                result = work => Some(result),
+                () = self.sleep_until(deadline) => None,
+            }
+        }
+    }
 }
 
 /// A worker's event loop as the session sees it.
 pub trait EventLoop: Timer {
     /// A connected TCP socket on this loop: an accepted client or an
     /// upstream connection.
-    type Stream;
+    type Stream: Socket;
 
     /// Connects to `addr` within `timeout`, with `TCP_NODELAY` set.
     fn connect(

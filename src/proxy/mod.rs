@@ -3,6 +3,7 @@
 //! event loop the worker runs ([`io`] says what the data path needs of it;
 //! [`epoll`] is the epoll loop's side).
 
+mod admit;
 pub mod buffers;
 pub mod connect;
 pub mod copy;
@@ -10,6 +11,7 @@ pub mod epoll;
 pub mod io;
 pub mod listener;
 pub mod pipes;
+mod preamble;
 pub mod pump;
 pub mod relay;
 pub mod ring;

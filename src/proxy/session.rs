@@ -1,17 +1,24 @@
-//! One downstream connection, from accept to close: route it, connect
-//! upstream with failover, forward, and log the result.
+//! One downstream connection, from accept to close: admit and route it
+//! ([`super::admit`]), connect upstream with failover, send what the
+//! upstream gets first (a PROXY header, the bytes read while routing),
+//! forward, and log the result.
 
+use super::admit::{Admitted, Refusal, admit};
 use super::connect::{self, Attempt, Failed};
-use super::io::EventLoop;
+use super::io::{EventLoop, Timer};
+use super::preamble::send_first;
 use super::relay::{End, Meters, Side};
+use super::tcp_state;
 use crate::config::ServiceDiscovery;
 use crate::log_limit::RESOURCE_ERRORS;
-use crate::metrics::access_log::{AccessLog, Ending, Record};
+use crate::metrics::access_log::{AccessLog, ConnId, Ending, Record};
+use crate::preamble::proxy_header::{self, Tlvs, Version};
 use crate::routing::{DURATION_BUCKETS, ListenerSlot, ResetCause};
 use crate::routing::{EndpointState, Service, Table};
+use socket2::SockRef;
 use std::cell::Cell;
-use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -56,27 +63,13 @@ impl<L> WorkerState<L> {
         }
     }
 
-    fn next_id(&self) -> ConnId {
+    pub(super) fn next_id(&self) -> ConnId {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
         ConnId {
             worker: self.index,
             n,
         }
-    }
-}
-
-/// A connection's id in logs, `w<worker>-<n>`: built without allocating and
-/// formatted only when a line is actually logged.
-#[derive(Debug, Clone, Copy)]
-struct ConnId {
-    worker: usize,
-    n: u64,
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "w{}-{}", self.worker, self.n)
     }
 }
 
@@ -99,10 +92,11 @@ impl<L> Drop for OpenGuard<L> {
 /// Serves one accepted client on listener `listener` until it closes, then
 /// counts it and writes its access-log record.
 ///
-/// The routing table is held only while the connection is routed and
-/// connected; a forwarding connection keeps just what it needs (its
-/// listener's counters and client count, its endpoint's counters), so old
-/// tables are freed at once however long connections last.
+/// The routing table is held only while the connection is admitted, routed
+/// and connected (a PROXY header or a ClientHello is read within its
+/// timeout meanwhile); a forwarding connection keeps just what it needs
+/// (its listener's counters and client counts, its endpoint's counters), so
+/// old tables are freed at once however long connections last.
 pub async fn serve<L: EventLoop>(
     client: L::Stream,
     peer: SocketAddr,
@@ -110,55 +104,60 @@ pub async fn serve<L: EventLoop>(
     worker: Rc<WorkerState<L>>,
 ) {
     let _open = OpenGuard::new(&worker);
-    let id = worker.next_id();
     let started = Instant::now();
-    let start = SystemTime::now();
-    let snapshot = worker.table.load_full();
-    let (Some(route), Some(service)) = (snapshot.listener(&listener), snapshot.route(&listener))
-    else {
-        log::warn!("conn {id} from {peer}: listener {listener} has no route; closing the client");
-        return;
-    };
-    let (stats, clients) = (Arc::clone(&route.stats), Arc::clone(&route.clients));
-    let max_connections = route.config.max_connections;
-    let service = Arc::clone(service);
-    drop(snapshot);
-    let counts = stats.slot(worker.index);
-    counts.accepted.add(1);
     let mut record = Record {
-        start,
+        id: worker.next_id(),
+        start: SystemTime::now(),
         duration: Duration::ZERO,
         listener: Arc::clone(&listener),
         client: peer,
+        peer: None,
+        server_name: None,
         endpoint: None,
         rx: 0,
         tx: 0,
         attempts: 0,
         end: Ending::NoEndpoint,
     };
-    let Some(_admitted) = clients.try_admit(max_connections) else {
-        counts.rejected.add(1);
-        record.end = Ending::Rejected;
-        log::debug!("conn {id} from {peer} on {listener}: at max_connections; closing the client");
-        if let Some(held_back) = clients.reject_log.allow() {
-            log::warn!(
-                "listener {listener}: {} client(s) open, its max_connections; closing new clients \
-                 at once ({held_back} more since the last line)",
-                clients.open()
-            );
-        }
-        finish(record, started, counts, &worker);
+    let id = record.id;
+    let snapshot = worker.table.load_full();
+    let Some(route) = snapshot.listener(&listener) else {
+        log::warn!("conn {id} from {peer}: listener {listener} has no route; closing the client");
         return;
     };
-    match connect::establish(&worker.io, &service, peer, worker.index).await {
+    let stats = Arc::clone(&route.stats);
+    let counts = stats.slot(worker.index);
+    counts.accepted.add(1);
+    let admitted = admit(&client, route, &snapshot, &worker, counts, &mut record).await;
+    drop(snapshot);
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            if refusal == Refusal::Reset {
+                tcp_state::reset(client.as_fd());
+            }
+            finish(record, started, counts, &worker);
+            return;
+        }
+    };
+    let Admitted {
+        service,
+        destination,
+        pending,
+        _open: _admitted,
+        _permit,
+    } = admitted;
+    let client_addr = record.client;
+    match connect::establish(&worker.io, &service, client_addr, worker.index).await {
         Ok(connected) => {
             if connected.panic {
                 service.stats.slot(worker.index).panic.add(1);
             }
             let endpoint = service.members[connected.index].endpoint.addr;
             let idle_timeout = service.idle_timeout;
+            let send_proxy = service.send_proxy;
             drop(service);
-            log::debug!("conn {id} from {peer} on {listener}: connected to {endpoint}");
+            log::debug!("conn {id} from {client_addr} on {listener}: connected to {endpoint}");
             let meters = Meters {
                 rx: &counts.rx_bytes,
                 tx: &counts.tx_bytes,
@@ -166,12 +165,32 @@ pub async fn serve<L: EventLoop>(
             record.endpoint = Some(endpoint);
             record.attempts = connected.attempts;
             let (upstream, _active) = connected.into_parts();
+            let first = first_bytes(send_proxy, &client, destination, &record, &pending);
+            if !first.is_empty() {
+                let deadline = Instant::now() + idle_timeout;
+                let sent = worker.io.within(deadline, send_first(&upstream, &first)).await;
+                if !matches!(sent, Some(Ok(()))) {
+                    log::debug!(
+                        "conn {id} from {client_addr} to {endpoint}: the upstream took not the \
+                         first {} bytes; reset both",
+                        first.len()
+                    );
+                    tcp_state::reset(upstream.as_fd());
+                    tcp_state::reset(client.as_fd());
+                    record.end = Ending::Reset;
+                    counts.resets[ResetCause::Upstream as usize].add(1);
+                    finish(record, started, counts, &worker);
+                    return;
+                }
+                counts.rx_bytes.add(pending.len() as u64);
+            }
+            drop(first);
             let drain = worker.drain.clone();
             let outcome = worker
                 .io
                 .relay(client, upstream, meters, idle_timeout, drain)
                 .await;
-            (record.rx, record.tx) = (outcome.rx, outcome.tx);
+            (record.rx, record.tx) = (outcome.rx + pending.len() as u64, outcome.tx);
             let (ending, reset) = ending(&outcome.end);
             record.end = ending;
             if let Some(cause) = reset {
@@ -179,22 +198,23 @@ pub async fn serve<L: EventLoop>(
             }
             if let End::Reset { side, error } = &outcome.end {
                 log::debug!(
-                    "conn {id} from {peer} to {endpoint}: {} side failed ({error}); reset the other",
+                    "conn {id} from {client_addr} to {endpoint}: {} side failed ({error}); reset \
+                     the other",
                     side.label()
                 );
             }
             log::debug!(
-                "conn {id} from {peer} to {endpoint}: {}; {} bytes in, {} bytes out",
+                "conn {id} from {client_addr} to {endpoint}: {}; {} bytes in, {} bytes out",
                 record.end.label(),
-                outcome.rx,
-                outcome.tx
+                record.rx,
+                record.tx
             );
         }
         Err(failed) if failed.attempts.is_empty() => {
             service.stats.slot(worker.index).no_endpoint.add(1);
             log::warn!(
-                "conn {id} from {peer} on {listener}: service {} has no usable endpoint ({}); \
-                 closing the client",
+                "conn {id} from {client_addr} on {listener}: service {} has no usable endpoint \
+                 ({}); closing the client",
                 service.name,
                 unusable(&service)
             );
@@ -210,8 +230,8 @@ pub async fn serve<L: EventLoop>(
             let exhausted = attempts.iter().any(|a| a.error.is_resource_exhaustion());
             if !exhausted || RESOURCE_ERRORS.allow().is_some() {
                 log::warn!(
-                    "conn {id} from {peer} on {listener}: no endpoint of service {} answered{} \
-                     after {} attempt(s): {}; closing the client",
+                    "conn {id} from {client_addr} on {listener}: no endpoint of service {} \
+                     answered{} after {} attempt(s): {}; closing the client",
                     service.name,
                     if panic { " in panic mode" } else { "" },
                     attempts.len(),
@@ -221,6 +241,42 @@ pub async fn serve<L: EventLoop>(
         }
     }
     finish(record, started, counts, &worker);
+}
+
+/// What the upstream gets before the relay: the PROXY header of a
+/// `send_proxy` service (source: the client; destination: what the client
+/// connected to, as its own PROXY header said or as the socket says), then
+/// the client's bytes read while routing.
+fn first_bytes<S: AsFd>(
+    send_proxy: Option<Version>,
+    client: &S,
+    destination: Option<SocketAddr>,
+    record: &Record,
+    pending: &[u8],
+) -> Vec<u8> {
+    let mut first = Vec::new();
+    if let Some(version) = send_proxy {
+        let destination = destination.or_else(|| local_address(client));
+        match destination {
+            Some(destination) => {
+                let id = record.id.to_string();
+                let tlvs = Tlvs {
+                    authority: record.server_name.as_deref(),
+                    unique_id: Some(id.as_bytes()),
+                };
+                proxy_header::encode(version, record.client, destination, &tlvs, &mut first);
+            }
+            None => proxy_header::encode_local(version, &mut first),
+        }
+    }
+    first.extend_from_slice(pending);
+    first
+}
+
+/// The address the client connected to (the listener's, with the IP the
+/// kernel chose for a wildcard listener).
+fn local_address<S: AsFd>(client: &S) -> Option<SocketAddr> {
+    SockRef::from(client).local_addr().ok()?.as_socket()
 }
 
 /// The access log's ending for `end`, and the reset cause to count when

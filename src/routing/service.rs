@@ -12,6 +12,7 @@ use crate::config::{EndpointConfig, HealthConfig, OutlierConfig, ServiceConfig, 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use crate::preamble::proxy_header::Version;
 use std::time::Duration;
 
 /// A service ready for the hot path: its members and a built balancer.
@@ -33,6 +34,9 @@ pub struct Service {
     pub health: Option<HealthConfig>,
     /// Passive outlier ejection, if on.
     pub outlier: Option<OutlierConfig>,
+    /// The PROXY protocol header written on every upstream connection (and,
+    /// as LOCAL, on every health probe), if any.
+    pub send_proxy: Option<Version>,
     /// The endpoints: the file's in file order, then registered ones.
     pub members: Vec<Member>,
     /// Per-worker counters, kept across rebuilds of the service.
@@ -297,6 +301,7 @@ impl Service {
             max_connections_per_endpoint: config.max_connections_per_endpoint,
             health: config.health.clone(),
             outlier: config.outlier.clone(),
+            send_proxy: config.send_proxy,
             policy: balance::build(config.balance, &endpoints),
             eligible: members.iter().filter(|m| !m.draining).count(),
             tiers: members.iter().map(|m| m.tier + 1).max().unwrap_or(1),
