@@ -381,3 +381,138 @@ fn same_listen_address(a: SocketAddr, b: SocketAddr) -> bool {
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, ListenerRoute, Rate, Untrusted};
+    use crate::preamble::proxy_header::Accept;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const SERVICES: &str = "[services.api]\n[services.web]\n";
+
+    fn parse(listener: &str) -> Result<Config, Vec<String>> {
+        let text = format!("[listeners.edge]\nlisten = \"127.0.0.1:0\"\n{listener}\n{SERVICES}");
+        match Config::parse(&text, Path::new("t.toml")) {
+            Ok(config) => Ok(config),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                Err(problems.iter().map(|p| p.to_string()).collect())
+            }
+            Err(other) => panic!("not a validation error: {other}"),
+        }
+    }
+
+    fn problems(listener: &str) -> Vec<String> {
+        parse(listener).expect_err("the listener should be refused")
+    }
+
+    #[test]
+    fn it_should_take_sni_rules_lower_cased_with_their_defaults() {
+        let config = parse(
+            r#"sni = [
+                { names = ["API.example.com"], service = "api", alpn = ["h2"] },
+                { names = ["*.example.com", "example.com"], service = "web" },
+            ]
+            default_service = "web""#,
+        )
+        .unwrap();
+        let ListenerRoute::Sni(sni) = &config.listeners[0].route else {
+            panic!("an SNI route");
+        };
+        assert_eq!(sni.rules[0].names, ["api.example.com"]);
+        assert_eq!(sni.rules[0].label(), "api.example.com;alpn=h2");
+        assert_eq!(sni.rules[1].label(), "*.example.com");
+        assert_eq!(sni.default_service.as_deref(), Some("web"));
+        assert_eq!(sni.timeout, Duration::from_secs(5));
+        assert_eq!(sni.max_size, 16384);
+        assert_eq!(config.listeners[0].services(), ["api", "web", "web"]);
+    }
+
+    #[test]
+    fn it_should_refuse_bad_sni_rules_naming_the_key_path() {
+        let found = problems(
+            r#"sni = [
+                { names = ["api.example.com"], service = "api" },
+                { names = ["a.*.com", "API.example.com"], service = "nope" },
+            ]
+            default_service = "gone""#,
+        );
+        let joined = found.join("\n");
+        assert!(joined.contains("listeners.edge.sni[1].names[0] = \"a.*.com\""), "{joined}");
+        assert!(joined.contains("listeners.edge.sni[1].names[1] = \"API.example.com\": sni[0] already takes"), "{joined}");
+        assert!(joined.contains("listeners.edge.sni[1].service = \"nope\": no service"), "{joined}");
+        assert!(joined.contains("listeners.edge.default_service = \"gone\""), "{joined}");
+    }
+
+    #[test]
+    fn it_should_refuse_sni_with_service_and_a_listener_with_neither() {
+        let both = problems("service = \"web\"\nsni = [{ names = [\"a.io\"], service = \"api\" }]");
+        assert!(both[0].starts_with("listeners.edge.service = \"web\": a listener routes either"));
+        let neither = problems("");
+        assert!(neither[0].contains("a listener needs a `service`, or `sni` rules"));
+        let stray = problems("service = \"web\"\ndefault_service = \"api\"");
+        assert!(stray[0].starts_with("listeners.edge.default_service = (set): it applies only"));
+    }
+
+    #[test]
+    fn it_should_take_accept_proxy_with_trusted_sources() {
+        let config = parse(
+            "service = \"web\"\naccept_proxy = \"any\"\ntrusted_sources = [\"10.0.0.0/8\", \"::1\"]\n\
+             untrusted_sources = \"plain\"\nproxy_header_timeout = \"300ms\"",
+        )
+        .unwrap();
+        let accept = config.listeners[0].accept_proxy.as_ref().unwrap();
+        assert_eq!(accept.versions, Accept::Any);
+        assert_eq!(accept.untrusted, Untrusted::Plain);
+        assert_eq!(accept.timeout, Duration::from_millis(300));
+        assert!(accept.trusts("10.1.2.3".parse().unwrap()));
+        assert!(accept.trusts("::1".parse().unwrap()));
+        assert!(!accept.trusts("11.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn it_should_refuse_accept_proxy_without_trusted_sources_or_with_bad_ones() {
+        let missing = problems("service = \"web\"\naccept_proxy = \"v2\"");
+        assert!(missing[0].starts_with("listeners.edge.trusted_sources = (missing)"));
+        let bad = problems(
+            "service = \"web\"\naccept_proxy = \"v3\"\ntrusted_sources = [\"10.0.0.1/8\"]\n\
+             untrusted_sources = \"drop\"",
+        );
+        let joined = bad.join("\n");
+        assert!(joined.contains("listeners.edge.accept_proxy = \"v3\""), "{joined}");
+        assert!(joined.contains("listeners.edge.trusted_sources[0] = \"10.0.0.1/8\": host bits"), "{joined}");
+        assert!(joined.contains("listeners.edge.untrusted_sources = \"drop\""), "{joined}");
+        let stray = problems("service = \"web\"\ntrusted_sources = [\"10.0.0.0/8\"]");
+        assert!(stray[0].starts_with("listeners.edge.trusted_sources = (set): it applies only with `accept_proxy`"));
+    }
+
+    #[test]
+    fn it_should_take_per_client_limits_with_a_burst_and_prefixes() {
+        let config = parse(
+            "service = \"web\"\nmax_connections_per_client = 4\nconnection_rate_per_client = \"50/s\"\n\
+             connection_burst_per_client = 80\nclient_prefix_v4 = 24",
+        )
+        .unwrap();
+        let limits = config.listeners[0].per_client.as_ref().unwrap();
+        assert_eq!(limits.max_connections, Some(4));
+        assert_eq!(
+            limits.rate,
+            Some(Rate {
+                count: 50,
+                per: Duration::from_secs(1),
+                burst: 80
+            })
+        );
+        assert_eq!((limits.prefix_v4, limits.prefix_v6), (24, 128));
+    }
+
+    #[test]
+    fn it_should_refuse_per_client_settings_that_do_nothing_or_are_out_of_range() {
+        let found = problems("service = \"web\"\nconnection_rate_per_client = \"5/d\"\nclient_prefix_v6 = 129");
+        let joined = found.join("\n");
+        assert!(joined.contains("listeners.edge.connection_rate_per_client = \"5/d\""), "{joined}");
+        assert!(joined.contains("listeners.edge.client_prefix_v6 = 129"), "{joined}");
+        let lonely = problems("service = \"web\"\nconnection_burst_per_client = 5");
+        assert!(lonely[0].contains("a burst applies only with `connection_rate_per_client`"));
+    }
+}
