@@ -47,8 +47,10 @@ mod tests {
         ListenerConfig {
             name: "web".into(),
             listen: listen.parse().unwrap(),
-            service: "web".into(),
+            route: crate::config::ListenerRoute::Service("web".into()),
             max_connections: None,
+            accept_proxy: None,
+            per_client: None,
         }
     }
 

@@ -153,16 +153,18 @@ impl Rate {
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
             "h" => Duration::from_secs(3600),
-            _ => return Err(format!("unknown unit {unit:?}: use s, m or h, like \"50/s\"")),
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?}: use s, m or h, like \"50/s\""
+                ));
+            }
         };
         match count.parse::<u32>() {
-            Ok(count) if (1..=1_000_000).contains(&count) => {
-                Ok(Rate {
-                    count,
-                    per,
-                    burst: count,
-                })
-            }
+            Ok(count) if (1..=1_000_000).contains(&count) => Ok(Rate {
+                count,
+                per,
+                burst: count,
+            }),
             _ => Err(format!(
                 "{count:?} is not a count from 1 to 1000000, like \"50/s\""
             )),

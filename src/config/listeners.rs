@@ -2,6 +2,7 @@
 //! `sni` rules with a `default_service`), `accept_proxy` and its keys, and
 //! the limits, each problem with its key path and fix.
 
+use super::Cidr;
 use super::file::{FileConfig, FileListener};
 use super::listener::{
     ClientLimits, ListenerConfig, ListenerRoute, ProxyAccept, Rate, SniRouting, Untrusted,
@@ -9,7 +10,6 @@ use super::listener::{
 use super::names::table_key;
 use super::sni;
 use super::validate::{MAX_CONNECTIONS, Problems, check_name, flip, quoted};
-use super::Cidr;
 use crate::preamble::proxy_header::Accept;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -108,8 +108,14 @@ fn route(
 ) -> Option<ListenerRoute> {
     let sni_only = [
         ("default_service", listener.default_service.is_some()),
-        ("client_hello_timeout", listener.client_hello_timeout.is_some()),
-        ("client_hello_max_size", listener.client_hello_max_size.is_some()),
+        (
+            "client_hello_timeout",
+            listener.client_hello_timeout.is_some(),
+        ),
+        (
+            "client_hello_max_size",
+            listener.client_hello_max_size.is_some(),
+        ),
     ];
     match (&listener.service, &listener.sni) {
         (Some(service), None) => {
@@ -191,7 +197,10 @@ fn accept_proxy(
         let extras = [
             ("trusted_sources", listener.trusted_sources.is_some()),
             ("untrusted_sources", listener.untrusted_sources.is_some()),
-            ("proxy_header_timeout", listener.proxy_header_timeout.is_some()),
+            (
+                "proxy_header_timeout",
+                listener.proxy_header_timeout.is_some(),
+            ),
         ];
         let mut fine = true;
         for (extra, _) in extras.iter().filter(|(_, set)| *set) {
@@ -438,10 +447,24 @@ mod tests {
             default_service = "gone""#,
         );
         let joined = found.join("\n");
-        assert!(joined.contains("listeners.edge.sni[1].names[0] = \"a.*.com\""), "{joined}");
-        assert!(joined.contains("listeners.edge.sni[1].names[1] = \"API.example.com\": sni[0] already takes"), "{joined}");
-        assert!(joined.contains("listeners.edge.sni[1].service = \"nope\": no service"), "{joined}");
-        assert!(joined.contains("listeners.edge.default_service = \"gone\""), "{joined}");
+        assert!(
+            joined.contains("listeners.edge.sni[1].names[0] = \"a.*.com\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "listeners.edge.sni[1].names[1] = \"API.example.com\": sni[0] already takes"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("listeners.edge.sni[1].service = \"nope\": no service"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("listeners.edge.default_service = \"gone\""),
+            "{joined}"
+        );
     }
 
     #[test]
@@ -479,11 +502,22 @@ mod tests {
              untrusted_sources = \"drop\"",
         );
         let joined = bad.join("\n");
-        assert!(joined.contains("listeners.edge.accept_proxy = \"v3\""), "{joined}");
-        assert!(joined.contains("listeners.edge.trusted_sources[0] = \"10.0.0.1/8\": host bits"), "{joined}");
-        assert!(joined.contains("listeners.edge.untrusted_sources = \"drop\""), "{joined}");
+        assert!(
+            joined.contains("listeners.edge.accept_proxy = \"v3\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("listeners.edge.trusted_sources[0] = \"10.0.0.1/8\": host bits"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("listeners.edge.untrusted_sources = \"drop\""),
+            "{joined}"
+        );
         let stray = problems("service = \"web\"\ntrusted_sources = [\"10.0.0.0/8\"]");
-        assert!(stray[0].starts_with("listeners.edge.trusted_sources = (set): it applies only with `accept_proxy`"));
+        assert!(stray[0].starts_with(
+            "listeners.edge.trusted_sources = (set): it applies only with `accept_proxy`"
+        ));
     }
 
     #[test]
@@ -508,10 +542,18 @@ mod tests {
 
     #[test]
     fn it_should_refuse_per_client_settings_that_do_nothing_or_are_out_of_range() {
-        let found = problems("service = \"web\"\nconnection_rate_per_client = \"5/d\"\nclient_prefix_v6 = 129");
+        let found = problems(
+            "service = \"web\"\nconnection_rate_per_client = \"5/d\"\nclient_prefix_v6 = 129",
+        );
         let joined = found.join("\n");
-        assert!(joined.contains("listeners.edge.connection_rate_per_client = \"5/d\""), "{joined}");
-        assert!(joined.contains("listeners.edge.client_prefix_v6 = 129"), "{joined}");
+        assert!(
+            joined.contains("listeners.edge.connection_rate_per_client = \"5/d\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("listeners.edge.client_prefix_v6 = 129"),
+            "{joined}"
+        );
         let lonely = problems("service = \"web\"\nconnection_burst_per_client = 5");
         assert!(lonely[0].contains("a burst applies only with `connection_rate_per_client`"));
     }

@@ -71,14 +71,16 @@ pub(super) fn rules(
                 Some("the rule lists this name twice".to_string())
             } else {
                 out.iter()
-                    .position(|r| {
-                        r.names.contains(&lower) && (r.alpn.is_empty() || r.alpn == alpn)
-                    })
+                    .position(|r| r.names.contains(&lower) && (r.alpn.is_empty() || r.alpn == alpn))
                     .map(|k| {
                         format!(
                             "sni[{k}] already takes every client asking for it{}, so this rule \
                              never would",
-                            if alpn.is_empty() { "" } else { " with these protocols" }
+                            if alpn.is_empty() {
+                                ""
+                            } else {
+                                " with these protocols"
+                            }
                         )
                     })
             };
@@ -143,7 +145,13 @@ mod tests {
 
     #[test]
     fn it_should_take_host_names_and_one_label_wildcards() {
-        for good in ["api.example.com", "*.example.com", "localhost", "a_b.mesh", "x1-2.io"] {
+        for good in [
+            "api.example.com",
+            "*.example.com",
+            "localhost",
+            "a_b.mesh",
+            "x1-2.io",
+        ] {
             assert_eq!(check_name(good), Ok(()), "{good}");
         }
     }

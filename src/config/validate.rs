@@ -2,12 +2,12 @@
 //! the key path, the value, the reason and the fix.
 
 use super::discovery;
-use super::listeners;
 use super::endpoints::{looping_listener, unusable_endpoint};
 use super::file::{
-    FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileOutlier, FileRegistry,
-    FileRuntime, FileService,
+    FileAccessLog, FileConfig, FileEndpoint, FileHealth, FileOutlier, FileRegistry, FileRuntime,
+    FileService,
 };
+use super::listeners;
 use super::names::{is_valid_name, suggested_name, table_key};
 use super::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, BalancePolicy, Config, EndpointConfig,

@@ -63,7 +63,10 @@ pub async fn admit<L: EventLoop>(
     let Some(open) = route.clients.try_admit(route.config.max_connections) else {
         counts.rejected.add(1);
         record.end = Ending::Rejected;
-        log::debug!("conn {} from {peer} on {listener}: at max_connections; closing the client", record.id);
+        log::debug!(
+            "conn {} from {peer} on {listener}: at max_connections; closing the client",
+            record.id
+        );
         if let Some(held_back) = route.clients.reject_log.allow() {
             log::warn!(
                 "listener {listener}: {} client(s) open, its max_connections; closing new clients \
@@ -88,10 +91,14 @@ pub async fn admit<L: EventLoop>(
                 Err(failure) => {
                     counts.header_failures[failure as usize].add(1);
                     record.end = Ending::ProxyHeaderError;
-                    refusal_line(record, listener, &format!(
-                        "no valid PROXY protocol header ({}); reset",
-                        failure.label()
-                    ));
+                    refusal_line(
+                        record,
+                        listener,
+                        &format!(
+                            "no valid PROXY protocol header ({}); reset",
+                            failure.label()
+                        ),
+                    );
                     return Err(Refusal::Reset);
                 }
             }
@@ -152,7 +159,10 @@ pub async fn admit<L: EventLoop>(
         }
     };
     let Some(service) = service else {
-        log::warn!("conn {} from {peer}: listener {listener} has no route; closing the client", record.id);
+        log::warn!(
+            "conn {} from {peer}: listener {listener} has no route; closing the client",
+            record.id
+        );
         return Err(Refusal::Close);
     };
     Ok(Admitted {

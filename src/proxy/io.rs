@@ -41,7 +41,11 @@ pub trait Timer {
 
     /// Runs `work` until it completes (`Some`) or `deadline` passes
     /// (`None`, and `work` is dropped).
-    fn within<F: Future>(&self, deadline: Instant, work: F) -> impl Future<Output = Option<F::Output>> {
+    fn within<F: Future>(
+        &self,
+        deadline: Instant,
+        work: F,
+    ) -> impl Future<Output = Option<F::Output>> {
         async move {
             tokio::select! {
                 result = work => Some(result),

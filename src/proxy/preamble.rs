@@ -101,7 +101,11 @@ fn hello_failure(error: &HelloError) -> HelloFailure {
 /// Reads what the client has sent, once it has sent something, into
 /// `pending`, never letting it grow past `limit`. Returns the bytes read, 0
 /// at EOF.
-async fn read_more<S: Socket>(client: &S, pending: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+async fn read_more<S: Socket>(
+    client: &S,
+    pending: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<usize> {
     let start = pending.len();
     let room = READ_CHUNK.min(limit.saturating_sub(start)).max(1);
     pending.resize(start + room, 0);

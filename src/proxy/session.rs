@@ -5,7 +5,7 @@
 
 use super::admit::{Admitted, Refusal, admit};
 use super::connect::{self, Attempt, Failed};
-use super::io::{EventLoop, Timer};
+use super::io::EventLoop;
 use super::preamble::send_first;
 use super::relay::{End, Meters, Side};
 use super::tcp_state;
@@ -168,7 +168,10 @@ pub async fn serve<L: EventLoop>(
             let first = first_bytes(send_proxy, &client, destination, &record, &pending);
             if !first.is_empty() {
                 let deadline = Instant::now() + idle_timeout;
-                let sent = worker.io.within(deadline, send_first(&upstream, &first)).await;
+                let sent = worker
+                    .io
+                    .within(deadline, send_first(&upstream, &first))
+                    .await;
                 if !matches!(sent, Some(Ok(()))) {
                     log::debug!(
                         "conn {id} from {client_addr} to {endpoint}: the upstream took not the \

@@ -13,9 +13,9 @@ mod discovered;
 pub mod endpoint;
 pub mod health;
 pub mod service;
+pub mod snapshot;
 pub mod sni;
 pub mod sni_routes;
-pub mod snapshot;
 mod source;
 pub mod stats;
 

@@ -9,10 +9,10 @@ use super::snapshot::Inputs;
 use super::stats::ServiceStats;
 use crate::balance::{self, Pick, Policy};
 use crate::config::{EndpointConfig, HealthConfig, OutlierConfig, ServiceConfig, ServiceDiscovery};
+use crate::preamble::proxy_header::Version;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use crate::preamble::proxy_header::Version;
 use std::time::Duration;
 
 /// A service ready for the hot path: its members and a built balancer.

@@ -11,11 +11,11 @@
 //! [`Endpoint`]: super::Endpoint
 
 use super::admission::ClientCount;
+use super::client_limits::ClientTable;
 use super::service::Service;
+use super::sni_routes::SniRoutes;
 use super::stats::ListenerStats;
 use super::{Discovered, Source};
-use super::client_limits::ClientTable;
-use super::sni_routes::SniRoutes;
 use crate::config::{Config, ListenerConfig, ListenerRoute};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -104,8 +104,9 @@ impl Snapshot {
                     ListenerRoute::Service(_) => None,
                 };
                 let client_table = l.per_client.as_ref().map(|_| {
-                    old.and_then(|o| o.client_table.clone())
-                        .unwrap_or_else(|| Arc::new(ClientTable::new(ClientTable::DEFAULT_CAPACITY)))
+                    old.and_then(|o| o.client_table.clone()).unwrap_or_else(|| {
+                        Arc::new(ClientTable::new(ClientTable::DEFAULT_CAPACITY))
+                    })
                 });
                 Listener {
                     config: l.clone(),

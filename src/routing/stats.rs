@@ -160,7 +160,8 @@ pub enum ClientLimitReason {
 
 impl ClientLimitReason {
     /// Every reason, in label order.
-    pub const ALL: [ClientLimitReason; 2] = [ClientLimitReason::Connections, ClientLimitReason::Rate];
+    pub const ALL: [ClientLimitReason; 2] =
+        [ClientLimitReason::Connections, ClientLimitReason::Rate];
 
     /// The label value: the key that set the limit.
     pub fn label(self) -> &'static str {

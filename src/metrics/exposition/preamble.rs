@@ -22,7 +22,11 @@ pub(super) fn listeners(w: &mut Writer, snapshot: &Snapshot) {
          proxy_header_timeout, malformed, closed before it was whole, or from an address \
          not in trusted_sources.",
     );
-    for l in snapshot.listeners.iter().filter(|l| l.config.accept_proxy.is_some()) {
+    for l in snapshot
+        .listeners
+        .iter()
+        .filter(|l| l.config.accept_proxy.is_some())
+    {
         for reason in HeaderFailure::ALL {
             let n = l.stats.sum(|s| s.header_failures[reason as usize].get());
             w.sample(
@@ -75,7 +79,11 @@ pub(super) fn listeners(w: &mut Writer, snapshot: &Snapshot) {
         "Clients admitted without per-client limits because the per-client table had no \
          room for them (best effort under a flood of distinct addresses).",
     );
-    for l in snapshot.listeners.iter().filter(|l| l.client_table.is_some()) {
+    for l in snapshot
+        .listeners
+        .iter()
+        .filter(|l| l.client_table.is_some())
+    {
         w.sample(
             CLIENT_LIMIT_UNTRACKED_TOTAL,
             &[("listener", &l.config.name)],

@@ -1,1 +1,0 @@
-//! The TLS ClientHello: its server name (SNI) and ALPN protocols.
