@@ -71,12 +71,15 @@ pub(super) fn rules(
                 Some("the rule lists this name twice".to_string())
             } else {
                 out.iter()
-                    .position(|r| r.names.contains(&lower) && (r.alpn.is_empty() || r.alpn == alpn))
-                    .map(|k| {
+                    .enumerate()
+                    .find(|(_, r)| {
+                        r.names.contains(&lower) && (r.alpn.is_empty() || r.alpn == alpn)
+                    })
+                    .map(|(k, r)| {
                         format!(
                             "sni[{k}] already takes every client asking for it{}, so this rule \
                              never would",
-                            if alpn.is_empty() {
+                            if r.alpn.is_empty() {
                                 ""
                             } else {
                                 " with these protocols"

@@ -4,7 +4,9 @@
 
 pub mod dnsmasq;
 pub mod etcd;
+pub mod identity;
 mod mode;
+pub mod peers;
 
 #[allow(unused_imports)] // as dead_code above
 pub use mode::{Mode, with_mode};
