@@ -100,22 +100,17 @@ fn hello_failure(error: &HelloError) -> HelloFailure {
 
 /// Reads what the client has sent, once it has sent something, into
 /// `pending`, never letting it grow past `limit`. Returns the bytes read, 0
-/// at EOF.
-async fn read_more<S: Socket>(
-    client: &S,
-    pending: &mut Vec<u8>,
-    limit: usize,
-) -> io::Result<usize> {
-    let start = pending.len();
-    let room = READ_CHUNK.min(limit.saturating_sub(start)).max(1);
-    pending.resize(start + room, 0);
-    let result = when_ready(client, Interest::READABLE, || {
-        Ok(recv(client, &mut pending[start..], RecvFlags::empty())?.0)
+/// at EOF. Nothing is added to `pending` unless the read returned: the
+/// future may be dropped at a deadline while it waits.
+async fn read_more<S: Socket>(client: &S, pending: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let room = READ_CHUNK.min(limit.saturating_sub(pending.len())).max(1);
+    let n = when_ready(client, Interest::READABLE, || {
+        Ok(recv(client, &mut chunk[..room], RecvFlags::empty())?.0)
     })
-    .await;
-    let n = *result.as_ref().unwrap_or(&0);
-    pending.truncate(start + n);
-    result
+    .await?;
+    pending.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// Writes `bytes` (a PROXY header l4mesh sends, and the client bytes read

@@ -176,3 +176,50 @@ fn read_records(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// A TLS ClientHello for `sni` (none if `None`) offering `alpn`, padded
+/// with `pad` bytes (a padding extension, as big post-quantum key shares
+/// make real hellos big), in records of at most 16 KiB.
+pub fn client_hello(sni: Option<&str>, alpn: &[&str], pad: usize) -> Vec<u8> {
+    fn len16(bytes: &[u8]) -> Vec<u8> {
+        let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(bytes);
+        out
+    }
+    let mut ext = Vec::new();
+    let mut push = |kind: u16, data: Vec<u8>| {
+        ext.extend_from_slice(&kind.to_be_bytes());
+        ext.extend_from_slice(&len16(&data));
+    };
+    if let Some(name) = sni {
+        let mut entry = vec![0u8];
+        entry.extend_from_slice(&len16(name.as_bytes()));
+        push(0, len16(&entry));
+    }
+    if !alpn.is_empty() {
+        let mut list = Vec::new();
+        for p in alpn {
+            list.push(p.len() as u8);
+            list.extend_from_slice(p.as_bytes());
+        }
+        push(16, len16(&list));
+    }
+    if pad > 0 {
+        push(21, vec![0; pad]);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[9; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&len16(&ext));
+    let mut message = vec![1];
+    message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    message.extend_from_slice(&body);
+    let mut wire = Vec::new();
+    for chunk in message.chunks(16_384) {
+        wire.extend_from_slice(&[22, 3, 1]);
+        wire.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        wire.extend_from_slice(chunk);
+    }
+    wire
+}
