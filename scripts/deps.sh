@@ -3,8 +3,10 @@
 # protoc (protobuf-compiler) for the etcd client's build, prlimit (util-linux)
 # for the fd-exhaustion test, promtool (prometheus) to check /metrics, etcd
 # (etcd-server), etcdctl (etcd-client) and dnsmasq (dnsmasq-base) as the
-# fleet tests' real servers and their client, openssl to make the etcd TLS
-# test's certificates, and cargo-nextest. Debian is kept from starting the packages' services.
+# fleet tests' real servers and their client, HAProxy, nginx (nginx-light with
+# libnginx-mod-stream) and curl as the PROXY protocol and SNI tests' peers,
+# openssl to make certificates and run TLS backends (etcd TLS, SNI), and
+# cargo-nextest. Debian is kept from starting the packages' services.
 set -euo pipefail
 
 missing=()
@@ -17,6 +19,12 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+# The PROXY protocol and SNI tests' real peers: HAProxy, nginx with its stream
+# module (PROXY protocol receiver), curl (an HTTPS client).
+[[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null || missing+=(haproxy)
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx-light)
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]}"
   own_policy=0

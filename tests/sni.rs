@@ -18,7 +18,13 @@ use std::time::{Duration, Instant};
 /// The `[listeners.tls]` of these tests: api.example.com → `api`,
 /// *.example.com → `web`, then `extra` keys; services with one endpoint
 /// each (`fallback` too).
-fn config(mode: Mode, extra: &str, api: SocketAddr, web: SocketAddr, fallback: SocketAddr) -> String {
+fn config(
+    mode: Mode,
+    extra: &str,
+    api: SocketAddr,
+    web: SocketAddr,
+    fallback: SocketAddr,
+) -> String {
     let text = format!(
         "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [listeners.tls]\nlisten = \"127.0.0.1:0\"\n\
@@ -116,12 +122,22 @@ fn it_should_send_an_oversized_hello_to_the_default_and_route_it_under_a_higher_
     assert!(hello.len() > 20_000);
     for (limit, to) in [("", &fallback), ("client_hello_max_size = 32768", &api)] {
         let extra = format!("default_service = \"fallback\"\n{limit}");
-        let served = Served::start(&config(Mode::DEFAULT, &extra, api.addr, web.addr, fallback.addr));
+        let served = Served::start(&config(
+            Mode::DEFAULT,
+            &extra,
+            api.addr,
+            web.addr,
+            fallback.addr,
+        ));
         let mut client = connect_from("127.0.0.1", served.addr("tls"));
         client.write_all(&hello).unwrap();
         drop(client);
         assert_eq!(sha(&to.next()), sha(&hello), "{limit:?}");
-        let oversized = metric(&served, "l4mesh_client_hello_failures_total", "reason=\"oversized\"");
+        let oversized = metric(
+            &served,
+            "l4mesh_client_hello_failures_total",
+            "reason=\"oversized\"",
+        );
         assert_eq!(oversized, if limit.is_empty() { 1.0 } else { 0.0 });
     }
 }
@@ -132,9 +148,17 @@ fn it_should_send_an_oversized_hello_to_the_default_and_route_it_under_a_higher_
 fn it_should_send_what_is_not_tls_or_too_slow_to_the_default_or_reset_it() {
     let (api, web, fallback) = (Recorder::start(), Recorder::start(), Recorder::start());
     let extra = "default_service = \"fallback\"\nclient_hello_timeout = \"300ms\"";
-    let served = Served::start(&config(Mode::DEFAULT, extra, api.addr, web.addr, fallback.addr));
+    let served = Served::start(&config(
+        Mode::DEFAULT,
+        extra,
+        api.addr,
+        web.addr,
+        fallback.addr,
+    ));
     let mut plain = connect_from("127.0.0.1", served.addr("tls"));
-    plain.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     drop(plain);
     assert_eq!(fallback.next(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut slow = connect_from("127.0.0.1", served.addr("tls"));
@@ -146,22 +170,48 @@ fn it_should_send_what_is_not_tls_or_too_slow_to_the_default_or_reset_it() {
     drop(slow);
     assert_eq!(fallback.next(), [22, 3, 1, b'r', b'e', b's', b't']);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(metric(&served, "l4mesh_client_hello_failures_total", "reason=\"not_tls\""), 1.0);
-    assert_eq!(metric(&served, "l4mesh_client_hello_failures_total", "reason=\"timeout\""), 1.0);
+    assert_eq!(
+        metric(
+            &served,
+            "l4mesh_client_hello_failures_total",
+            "reason=\"not_tls\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &served,
+            "l4mesh_client_hello_failures_total",
+            "reason=\"timeout\""
+        ),
+        1.0
+    );
 
     let dir = TempDir::new();
     let log = AccessLog(dir.join("access.log"));
     let strict = format!("client_hello_timeout = \"300ms\"\n{}", log.table());
-    let served = Served::start(&config(Mode::DEFAULT, &strict, api.addr, web.addr, fallback.addr));
+    let served = Served::start(&config(
+        Mode::DEFAULT,
+        &strict,
+        api.addr,
+        web.addr,
+        fallback.addr,
+    ));
     let mut plain = connect_from("127.0.0.1", served.addr("tls"));
     assert!(reset_after_sending(&mut plain, b"GET / HTTP/1.1\r\n\r\n"));
     let mut slow = connect_from("127.0.0.1", served.addr("tls"));
     let started = Instant::now();
     assert!(reset_after_sending(&mut slow, &[22, 3, 1]));
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     let records = log.wait("tls", 2);
-    assert!(records.iter().all(|r| r["end"] == "no_route"), "{records:?}");
+    assert!(
+        records.iter().all(|r| r["end"] == "no_route"),
+        "{records:?}"
+    );
     assert!(!fallback.got_any(Duration::from_millis(100)));
 }
 
@@ -170,7 +220,13 @@ fn it_should_send_what_is_not_tls_or_too_slow_to_the_default_or_reset_it() {
 #[test]
 fn it_should_route_by_reloaded_rules_while_an_open_connection_keeps_going() {
     let (api, web, fallback) = (Recorder::start(), Recorder::start(), Recorder::start());
-    let before = config(Mode::DEFAULT, "default_service = \"fallback\"", api.addr, web.addr, fallback.addr);
+    let before = config(
+        Mode::DEFAULT,
+        "default_service = \"fallback\"",
+        api.addr,
+        web.addr,
+        fallback.addr,
+    );
     let served = Served::start(&before);
     let hello = client_hello(Some("api.example.com"), &[], 0);
     let mut open = connect_from("127.0.0.1", served.addr("tls"));

@@ -102,7 +102,11 @@ fn hello_failure(error: &HelloError) -> HelloFailure {
 /// `pending`, never letting it grow past `limit`. Returns the bytes read, 0
 /// at EOF. Nothing is added to `pending` unless the read returned: the
 /// future may be dropped at a deadline while it waits.
-async fn read_more<S: Socket>(client: &S, pending: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+async fn read_more<S: Socket>(
+    client: &S,
+    pending: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<usize> {
     let mut chunk = [0u8; READ_CHUNK];
     let room = READ_CHUNK.min(limit.saturating_sub(pending.len())).max(1);
     let n = when_ready(client, Interest::READABLE, || {
