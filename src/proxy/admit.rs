@@ -30,6 +30,9 @@ pub struct Admitted {
     pub service: Arc<Service>,
     /// The address it connected to, as a PROXY header gave it.
     pub destination: Option<SocketAddr>,
+    /// The server name a PROXY v2 header's AUTHORITY gave, passed on when
+    /// l4mesh read none from a ClientHello itself.
+    pub authority: Option<String>,
     /// Bytes already read from the client (after any PROXY header): they go
     /// to the upstream first.
     pub pending: Vec<u8>,
@@ -78,10 +81,12 @@ pub async fn admit<L: EventLoop>(
     };
     let mut pending = Vec::new();
     let mut destination = None;
+    let mut authority = None;
     if let Some(accept) = &route.config.accept_proxy {
         if accept.trusts(peer.ip()) {
             match preamble::proxy_header(client, &worker.io, accept, &mut pending).await {
                 Ok(header) => {
+                    authority = header.authority;
                     if let Some((source, dest)) = header.addresses {
                         record.client = source;
                         record.peer = Some(peer);
@@ -168,6 +173,7 @@ pub async fn admit<L: EventLoop>(
     Ok(Admitted {
         service,
         destination,
+        authority,
         pending,
         _open: open,
         _permit: permit,

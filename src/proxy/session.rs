@@ -143,6 +143,7 @@ pub async fn serve<L: EventLoop>(
     let Admitted {
         service,
         destination,
+        authority,
         pending,
         _open: _admitted,
         _permit,
@@ -165,7 +166,11 @@ pub async fn serve<L: EventLoop>(
             record.endpoint = Some(endpoint);
             record.attempts = connected.attempts;
             let (upstream, _active) = connected.into_parts();
-            let first = first_bytes(send_proxy, &client, destination, &record, &pending);
+            let about = Passed {
+                destination,
+                authority: record.server_name.as_deref().or(authority.as_deref()),
+            };
+            let first = first_bytes(send_proxy, &client, &about, &record, &pending);
             if !first.is_empty() {
                 let deadline = Instant::now() + idle_timeout;
                 let sent = worker
@@ -246,6 +251,14 @@ pub async fn serve<L: EventLoop>(
     finish(record, started, counts, &worker);
 }
 
+/// What a PROXY header l4mesh sends passes on besides the client.
+struct Passed<'a> {
+    /// What the client connected to, as its own PROXY header said.
+    destination: Option<SocketAddr>,
+    /// The server name: the ClientHello's, or the incoming header's.
+    authority: Option<&'a str>,
+}
+
 /// What the upstream gets before the relay: the PROXY header of a
 /// `send_proxy` service (source: the client; destination: what the client
 /// connected to, as its own PROXY header said or as the socket says), then
@@ -253,18 +266,18 @@ pub async fn serve<L: EventLoop>(
 fn first_bytes<S: AsFd>(
     send_proxy: Option<Version>,
     client: &S,
-    destination: Option<SocketAddr>,
+    passed: &Passed<'_>,
     record: &Record,
     pending: &[u8],
 ) -> Vec<u8> {
     let mut first = Vec::new();
     if let Some(version) = send_proxy {
-        let destination = destination.or_else(|| local_address(client));
+        let destination = passed.destination.or_else(|| local_address(client));
         match destination {
             Some(destination) => {
                 let id = record.id.to_string();
                 let tlvs = Tlvs {
-                    authority: record.server_name.as_deref(),
+                    authority: passed.authority,
                     unique_id: Some(id.as_bytes()),
                 };
                 proxy_header::encode(version, record.client, destination, &tlvs, &mut first);
