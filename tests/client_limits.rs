@@ -36,13 +36,7 @@ fn open_from(source: &str, addr: SocketAddr) -> Option<TcpStream> {
 }
 
 fn rejected(served: &Served, reason: &str) -> f64 {
-    let admin = served.server.admin_addr().unwrap();
-    samples(admin)
-        .get(&format!(
-            "l4mesh_connections_rejected_total{{listener=\"web\",reason=\"{reason}\"}}"
-        ))
-        .copied()
-        .unwrap_or(-1.0)
+    by_reason(served, "l4mesh_connections_rejected_total", "web", reason)
 }
 
 per_mode! {

@@ -36,13 +36,7 @@ fn serve(
 const TRUSTED: &str = "accept_proxy = \"any\"\ntrusted_sources = [\"127.0.0.1/32\"]";
 
 fn header_errors(served: &Served, reason: &str) -> f64 {
-    let admin = served.server.admin_addr().unwrap();
-    samples(admin)
-        .get(&format!(
-            "l4mesh_proxy_header_errors_total{{listener=\"web\",reason=\"{reason}\"}}"
-        ))
-        .copied()
-        .unwrap_or(-1.0)
+    by_reason(served, "l4mesh_proxy_header_errors_total", "web", reason)
 }
 
 per_mode! {

@@ -38,10 +38,16 @@ fn config(
     with_mode(&text, mode)
 }
 
-fn metric(served: &Served, name: &str, labels: &str) -> f64 {
+fn failures(served: &Served, reason: &str) -> f64 {
+    by_reason(served, "l4mesh_client_hello_failures_total", "tls", reason)
+}
+
+fn routes(served: &Served, rule: &str) -> f64 {
     let admin = served.server.admin_addr().unwrap();
     samples(admin)
-        .get(&format!("{name}{{listener=\"tls\",{labels}}}"))
+        .get(&format!(
+            "l4mesh_sni_routes_total{{listener=\"tls\",rule=\"{rule}\"}}"
+        ))
         .copied()
         .unwrap_or(-1.0)
 }
@@ -85,11 +91,11 @@ per_mode! {
             .output()
             .unwrap();
         assert!(curl.status.success(), "{mode}: curl: {}", String::from_utf8_lossy(&curl.stderr));
-        assert_eq!(metric(&served, "l4mesh_sni_routes_total", "rule=\"api.example.com\""), 2.0);
-        assert_eq!(metric(&served, "l4mesh_sni_routes_total", "rule=\"*.example.com\""), 1.0);
-        assert_eq!(metric(&served, "l4mesh_sni_routes_total", "rule=\"(default)\""), 2.0);
-        assert_eq!(metric(&served, "l4mesh_client_hello_failures_total", "reason=\"no_match\""), 1.0);
-        assert_eq!(metric(&served, "l4mesh_client_hello_failures_total", "reason=\"no_sni\""), 1.0);
+        assert_eq!(routes(&served, "api.example.com"), 2.0);
+        assert_eq!(routes(&served, "*.example.com"), 1.0);
+        assert_eq!(routes(&served, "(default)"), 2.0);
+        assert_eq!(failures(&served, "no_match"), 1.0);
+        assert_eq!(failures(&served, "no_sni"), 1.0);
     }
 }
 
@@ -133,11 +139,7 @@ fn it_should_send_an_oversized_hello_to_the_default_and_route_it_under_a_higher_
         client.write_all(&hello).unwrap();
         drop(client);
         assert_eq!(sha(&to.next()), sha(&hello), "{limit:?}");
-        let oversized = metric(
-            &served,
-            "l4mesh_client_hello_failures_total",
-            "reason=\"oversized\"",
-        );
+        let oversized = failures(&served, "oversized");
         assert_eq!(oversized, if limit.is_empty() { 1.0 } else { 0.0 });
     }
 }
@@ -164,28 +166,15 @@ fn it_should_send_what_is_not_tls_or_too_slow_to_the_default_or_reset_it() {
     let mut slow = connect_from("127.0.0.1", served.addr("tls"));
     slow.write_all(&[22, 3, 1]).unwrap();
     let started = Instant::now();
-    // Routed to the default at the timeout: then the rest follows.
-    std::thread::sleep(Duration::from_millis(400));
+    // Routed to the default at the timeout, then the rest follows it there.
+    eventually(Duration::from_secs(3), "the hello timed out", || {
+        failures(&served, "timeout") == 1.0
+    });
+    assert!(started.elapsed() >= Duration::from_millis(250));
     slow.write_all(b"rest").unwrap();
     drop(slow);
     assert_eq!(fallback.next(), [22, 3, 1, b'r', b'e', b's', b't']);
-    assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(
-        metric(
-            &served,
-            "l4mesh_client_hello_failures_total",
-            "reason=\"not_tls\""
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &served,
-            "l4mesh_client_hello_failures_total",
-            "reason=\"timeout\""
-        ),
-        1.0
-    );
+    assert_eq!(failures(&served, "not_tls"), 1.0);
 
     let dir = TempDir::new();
     let log = AccessLog(dir.join("access.log"));

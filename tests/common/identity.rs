@@ -70,6 +70,18 @@ pub fn reset_after_sending(stream: &mut TcpStream, data: &[u8]) -> bool {
     }
 }
 
+/// Sample `family{listener="LISTENER",reason="REASON"}` of `served`'s
+/// /metrics (-1 when absent).
+pub fn by_reason(served: &super::Served, family: &str, listener: &str, reason: &str) -> f64 {
+    let admin = served.server.admin_addr().unwrap();
+    super::samples(admin)
+        .get(&format!(
+            "{family}{{listener=\"{listener}\",reason=\"{reason}\"}}"
+        ))
+        .copied()
+        .unwrap_or(-1.0)
+}
+
 /// A backend that reads each connection to its end, answers nothing, and
 /// hands over what it received.
 pub struct Recorder {

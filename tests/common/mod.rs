@@ -191,25 +191,7 @@ impl Binary {
 
     /// Waits for a stderr line containing `needle` and returns it.
     pub fn wait_for_line(&self, within: Duration, needle: &str) -> String {
-        let mut found = String::new();
-        eventually(
-            within,
-            &format!("a log line with {needle:?}"),
-            || match self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                Some(line) => {
-                    found = line.clone();
-                    true
-                }
-                None => false,
-            },
-        );
-        found
+        wait_for_line_in(&self.lines, within, needle)
     }
 
     /// How many stderr lines contain `needle`.
@@ -409,6 +391,23 @@ impl Served {
             || self.server.reload_stats().failures() >= n,
         );
     }
+}
+
+/// Waits until `lines` holds one containing `needle`, and returns it.
+pub fn wait_for_line_in(lines: &Mutex<Vec<String>>, within: Duration, needle: &str) -> String {
+    let mut found = String::new();
+    eventually(
+        within,
+        &format!("a log line with {needle:?}"),
+        || match lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            Some(line) => {
+                found = line.clone();
+                true
+            }
+            None => false,
+        },
+    );
+    found
 }
 
 /// Sends raw bytes as one registry request and returns the parsed reply.

@@ -61,25 +61,7 @@ impl Peer {
 
     /// Waits until a line holding `needle` was printed, and returns it.
     pub fn wait_for_line(&self, needle: &str) -> String {
-        let mut found = String::new();
-        eventually(
-            START,
-            &format!("a peer line with {needle:?}"),
-            || match self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                Some(line) => {
-                    found = line.clone();
-                    true
-                }
-                None => false,
-            },
-        );
-        found
+        super::wait_for_line_in(&self.lines, START, needle)
     }
 }
 
