@@ -26,7 +26,7 @@ fn serve(
     let text = format!(
         "[runtime]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\
          [listeners.web]\nlisten = \"127.0.0.1:0\"\nservice = \"web\"\n{listener}\n\
-         [services.web]\n{service}\n{}\n",
+         [services.web]\n{}\n{service}\n",
         log.table(),
         endpoint_list(endpoints)
     );
@@ -275,4 +275,37 @@ fn it_should_forward_exactly_the_bytes_after_the_header_however_they_arrive() {
         clients.contains(&format!("127.0.0.1:{port}").as_str()),
         "{clients:?}"
     );
+}
+
+/// Health probes of a `send_proxy` service open with a LOCAL header, so an
+/// endpoint that requires headers (here another l4mesh) passes them.
+#[test]
+fn it_should_send_a_local_header_first_on_health_probes() {
+    let dir = TempDir::new();
+    let (log_a, log_b) = (AccessLog(dir.join("a.log")), AccessLog(dir.join("b.log")));
+    let b = serve(Mode::DEFAULT, &log_b, TRUSTED, "", &[echo_backend()]);
+    let health = "send_proxy = \"v2\"\n[services.web.health]\ninterval = \"200ms\"\n\
+                  timeout = \"150ms\"\nhealthy_threshold = 1\nsend = \"PING\"\nexpect = \"PING\"";
+    let a = serve(Mode::DEFAULT, &log_a, "", health, &[b.addr("web")]);
+    let admin = a.server.admin_addr().unwrap();
+    let healthy = format!(
+        "l4mesh_endpoint_healthy{{service=\"web\",endpoint=\"{}\"}}",
+        b.addr("web")
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the endpoint passes its probe",
+        || samples(admin).get(&healthy) == Some(&1.0),
+    );
+    let probe = log_b.wait("web", 1).remove(0);
+    assert!(
+        probe["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{probe}"
+    );
+    assert_eq!(
+        probe["peer"],
+        serde_json::Value::Null,
+        "a LOCAL header keeps the peer"
+    );
+    assert_eq!(header_errors(&b, "malformed"), 0.0);
 }

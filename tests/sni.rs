@@ -234,3 +234,41 @@ fn it_should_route_by_reloaded_rules_while_an_open_connection_keeps_going() {
     whole.extend_from_slice(&more);
     assert_eq!(sha(&api.next()), sha(&whole));
 }
+
+/// A v2 header l4mesh sends from an SNI listener carries the server name
+/// as AUTHORITY and the access log's connection id as UNIQUE_ID, then the
+/// hello, unchanged.
+#[test]
+fn it_should_pass_the_server_name_and_connection_id_on_in_a_v2_header() {
+    use l4mesh::preamble::proxy_header::{Accept, Parse, parse};
+    let (api, web, fallback) = (Recorder::start(), Recorder::start(), Recorder::start());
+    let dir = TempDir::new();
+    let log = AccessLog(dir.join("access.log"));
+    let text = config(
+        Mode::DEFAULT,
+        &log.table(),
+        api.addr,
+        web.addr,
+        fallback.addr,
+    )
+    .replace("[services.api]\n", "[services.api]\nsend_proxy = \"v2\"\n");
+    let served = Served::start(&text);
+    let hello = client_hello(Some("api.example.com"), &["h2"], 0);
+    let mut client = connect_from("127.0.0.2", served.addr("tls"));
+    let source = client.local_addr().unwrap();
+    client.write_all(&hello).unwrap();
+    drop(client);
+    let got = api.next();
+    let Ok(Parse::Complete { header, len }) = parse(&got, Accept::V2) else {
+        panic!("no v2 header first: {:?}", &got[..got.len().min(32)]);
+    };
+    assert_eq!(&got[len..], &hello[..]);
+    let (from, to) = header.addresses.unwrap();
+    assert_eq!(from, source);
+    assert_eq!(to, served.addr("tls"));
+    assert_eq!(header.authority.as_deref(), Some("api.example.com"));
+    let record = log.wait("tls", 1).remove(0);
+    assert_eq!(record["server_name"], "api.example.com");
+    let id = record["id"].as_str().unwrap();
+    assert_eq!(header.unique_id.as_deref(), Some(id.as_bytes()));
+}
