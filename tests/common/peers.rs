@@ -4,7 +4,7 @@
 //! protocol receiver whose access log shows `$proxy_protocol_addr`), and
 //! `openssl s_server` TLS backends with certificates made for the test.
 
-use super::{TempDir, eventually, free_port};
+use super::{TempDir, eventually};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -78,9 +78,18 @@ fn wait_listening(addr: SocketAddr, what: &str) {
     });
 }
 
-/// A free loopback address.
+/// A free loopback address for a peer to listen on, from 10000 to 19999:
+/// below the kernel's ephemeral range (32768 up), from which `free_port`
+/// and every outgoing connection take theirs, so a peer started here never
+/// takes the port another test freed for a moment to restart its server on
+/// (dnsmasq's, say).
 pub fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(10_000..20_000)));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// HAProxy in the foreground, logging each connection (tcplog) to stdout.
