@@ -155,7 +155,7 @@ endpoints = [{ addr = "127.0.0.1:$B_HTTPS" }]
 [services.ping]
 endpoints = [{ addr = "127.0.0.1:$B_PING" }]
 EOF
-"$L4MESH" --check "$WORK/l4mesh/l4mesh.toml" >/dev/null
+"$L4MESH" --check -c "$WORK/l4mesh/l4mesh.toml" >/dev/null || die "bad l4mesh config"
 start_server l4mesh "$L4MESH" -c "$WORK/l4mesh/l4mesh.toml"
 wait_listening l4mesh "$L_HTTP" "$L_PP_HTTP" "$L_HTTPS" "$L_SNI" "$L_PING" "$L_PP_PING" "$L_SNI_PING"
 
@@ -166,7 +166,7 @@ mkdir -p "$WORK/haproxy"
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 2
-    maxconn 20000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 1s
