@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod health;
 mod log_limit;
 pub mod metrics;
+pub mod notify;
 pub mod preamble;
 pub mod proxy;
 pub mod routing;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use l4mesh::discovery::etcd::ctl as etcd_ctl;
 use l4mesh::discovery::registry::ctl;
-use l4mesh::{Config, Server};
+use l4mesh::{Config, Server, notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -153,6 +153,22 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         path.display(),
         server.workers()
     );
+    notify::send("READY=1");
+    if let Some(every) = notify::watchdog_interval() {
+        log::info!(
+            "systemd watchdog: WATCHDOG=1 every {} ms",
+            every.as_millis()
+        );
+        std::thread::Builder::new()
+            .name("l4mesh-watchdog".into())
+            .spawn(move || {
+                loop {
+                    notify::send("WATCHDOG=1");
+                    std::thread::sleep(every);
+                }
+            })
+            .context("cannot start the watchdog thread")?;
+    }
     let stop = server.stop_handle();
     let control = server.control().clone();
     let access_log = server.access_log();
@@ -178,6 +194,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                          it again, a second or more from now, to exit at once)"
                     );
                     stopping_since = Some(std::time::Instant::now());
+                    notify::send("STOPPING=1");
                     stop.stop();
                 } else if stopping_since.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                     log::debug!(

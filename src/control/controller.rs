@@ -13,6 +13,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::discovery::registry::protocol::Request;
 use crate::discovery::{Discovery, Update};
 use crate::metrics::ReloadStats;
+use crate::notify;
 use crate::routing::Snapshot;
 use crate::runtime::ProxyControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -266,7 +267,9 @@ impl Controller {
                 }
                 Command::Reload { force, reply } => {
                     self.flush(&mut pending);
+                    notify::reloading();
                     let outcome = self.reload(force);
+                    notify::send("READY=1");
                     if let Some(reply) = reply {
                         let _ = reply.send(outcome);
                     }
