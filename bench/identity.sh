@@ -13,8 +13,9 @@
 # Environment (all optional): BENCH_REPEATS (interleaved repeats, median
 # reported; default 3), BENCH_SECONDS (each wrk test; default 5),
 # BENCH_PINGS (timed round trips; default 20000), BENCH_PORT_BASE (first of
-# 20 loopback ports; default 24300), BENCH_LOCK / BENCH_LOCK_WAIT (the lock
-# shared with bench/run.sh, so two benchmarks never run at once).
+# 20 loopback ports; default 24300), BENCH_AFFINITY (l4mesh's
+# runtime.cpu_affinity; default "auto"), BENCH_LOCK / BENCH_LOCK_WAIT (the
+# lock shared with bench/run.sh, so two benchmarks never run at once).
 #
 # Needs haproxy, nginx with its stream module, wrk and openssl (scripts/deps.sh
 # and bench/run.sh install them). Writes bench/results/identity.md and .json;
@@ -37,6 +38,7 @@ LOCK=${BENCH_LOCK-$DEFAULT_LOCK}
 LOCK_WAIT=${BENCH_LOCK_WAIT:-1500}
 LIFETIME=3600
 WAIT_LISTEN_SECS=15
+AFFINITY=${BENCH_AFFINITY:-auto}
 
 on_exit() { stop_all l4mesh; }
 
@@ -102,6 +104,7 @@ cat >"$WORK/l4mesh/l4mesh.toml" <<EOF
 [runtime]
 workers = 2
 drain_timeout = "1s"
+cpu_affinity = "$AFFINITY"
 
 [admin]
 listen = "127.0.0.1:$(port 19)"
