@@ -205,7 +205,9 @@ fn it_should_follow_etcd_over_mutual_tls_and_refuse_without_a_client_certificate
     eventually(Duration::from_secs(5), "traffic through TLS etcd", || {
         tag_of(web) == Some(b'T')
     });
-    assert_eq!(discovery_metrics(admin, "etcd").0, 1.0);
+    eventually(Duration::from_secs(5), "etcd up in /metrics", || {
+        discovery_metrics(admin, "etcd").0 == 1.0
+    });
 
     // The CA alone: etcd asks for a client certificate and refuses.
     let admin = admin_addr();

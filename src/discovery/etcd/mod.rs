@@ -147,10 +147,12 @@ async fn follow(
         Err(e) => return e,
     };
     loop {
-        if view.revision == 0
-            && let Err(e) = resync(&mut client, config, feed, view).await
-        {
-            return e;
+        if view.revision == 0 {
+            if let Err(e) = resync(&mut client, config, feed, view).await {
+                return e;
+            }
+            // The whole prefix was read: current, before the watch starts.
+            status.synced();
         }
         let from = view.revision + 1;
         let options = WatchOptions::new()
