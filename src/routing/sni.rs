@@ -6,8 +6,13 @@
 //! `a.b.example.com`). Among the rules for the same name, the first in
 //! config order whose ALPN condition holds wins: a rule with `alpn` takes a
 //! client only if it offers one of those protocols, a rule without takes
-//! any. Names are compared lower-case (the parser lower-cases the client's
-//! name; the rules are lower-cased here), so a pick allocates nothing.
+//! any; a client turned away by every exact rule of its name for want of a
+//! protocol may still be taken by a wildcard. Names are compared lower-case
+//! (the parser lower-cases the client's name; the rules are lower-cased
+//! here), so a pick allocates nothing: two hash lookups, by the name and by
+//! the name minus its first label.
+//!
+//! Names are checked before they get here, by `crate::config::check_sni_name`.
 
 use std::collections::HashMap;
 
@@ -43,18 +48,25 @@ impl SniRules {
         compiled
     }
 
-    /// The index of the rule for a hello naming `server_name` (lower-case)
-    /// and offering `alpn`, if any rule takes it.
+    /// The index of the rule for a hello naming `server_name` (lower-case,
+    /// as the ClientHello parser gives it) and offering `alpn`, if any rule
+    /// takes it. No name, no rule: the caller sends the client to the
+    /// listener's default service.
     pub fn pick(&self, server_name: Option<&str>, alpn: &[String]) -> Option<usize> {
         let name = server_name?;
-        let takes = |i: &&usize| {
-            let wanted = &self.alpn[**i];
-            wanted.is_empty() || wanted.iter().any(|p| alpn.contains(p))
+        let takes = |&&i: &&usize| {
+            self.alpn
+                .get(i)
+                .is_some_and(|wanted| wanted.is_empty() || wanted.iter().any(|p| alpn.contains(p)))
         };
         if let Some(&i) = self.exact.get(name).and_then(|r| r.iter().find(takes)) {
             return Some(i);
         }
-        let (_, suffix) = name.split_once('.')?;
+        // A wildcard stands for exactly one label, and not an empty one.
+        let (label, suffix) = name.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
         self.wildcard
             .get(suffix)
             .and_then(|r| r.iter().find(takes))
@@ -87,10 +99,33 @@ mod tests {
     fn it_should_match_a_wildcard_to_exactly_one_label() {
         let r = rules(&[(&["*.example.com"], &[])]);
         assert_eq!(r.pick(Some("a.example.com"), &[]), Some(0));
+        assert_eq!(r.pick(Some("_svc.example.com"), &[]), Some(0));
         assert_eq!(r.pick(Some("example.com"), &[]), None);
         assert_eq!(r.pick(Some("a.b.example.com"), &[]), None);
         assert_eq!(r.pick(Some("aexample.com"), &[]), None);
+        assert_eq!(r.pick(Some(".example.com"), &[]), None);
+        assert_eq!(r.pick(Some("a.example.org"), &[]), None);
+    }
+
+    #[test]
+    fn it_should_route_every_name_of_a_rule_to_it() {
+        let r = rules(&[
+            (&["api.example.com"], &[]),
+            (&["*.Example.COM", "Example.com"], &[]),
+        ]);
+        assert_eq!(r.pick(Some("api.example.com"), &[]), Some(0));
+        assert_eq!(r.pick(Some("example.com"), &[]), Some(1));
+        assert_eq!(r.pick(Some("www.example.com"), &[]), Some(1));
+        assert_eq!(r.pick(Some("other.com"), &[]), None);
+    }
+
+    #[test]
+    fn it_should_route_no_name_and_no_rules_nowhere() {
+        let r = rules(&[(&["*.example.com", "example.com"], &[])]);
         assert_eq!(r.pick(None, &[]), None);
+        assert_eq!(r.pick(None, &strings(&["h2"])), None);
+        assert_eq!(r.pick(Some(""), &[]), None);
+        assert_eq!(rules(&[]).pick(Some("example.com"), &[]), None);
     }
 
     #[test]
@@ -99,6 +134,7 @@ mod tests {
             (&["api.example.com"], &["h2"]),
             (&["api.example.com"], &[]),
             (&["*.example.com"], &["h2", "h3"]),
+            (&["*.example.com"], &["http/1.1"]),
         ]);
         let h2 = strings(&["http/1.1", "h2"]);
         assert_eq!(r.pick(Some("api.example.com"), &h2), Some(0));
@@ -108,6 +144,24 @@ mod tests {
         );
         assert_eq!(r.pick(Some("api.example.com"), &[]), Some(1));
         assert_eq!(r.pick(Some("w.example.com"), &strings(&["h3"])), Some(2));
+        assert_eq!(r.pick(Some("w.example.com"), &h2), Some(2));
+        assert_eq!(
+            r.pick(Some("w.example.com"), &strings(&["http/1.1"])),
+            Some(3)
+        );
         assert_eq!(r.pick(Some("w.example.com"), &[]), None);
+        assert_eq!(r.pick(Some("w.example.com"), &strings(&["H2"])), None);
+    }
+
+    #[test]
+    fn it_should_fall_back_to_a_wildcard_when_no_exact_rule_takes_the_protocols() {
+        let r = rules(&[(&["api.example.com"], &["h2"]), (&["*.example.com"], &[])]);
+        assert_eq!(r.pick(Some("api.example.com"), &strings(&["h2"])), Some(0));
+        assert_eq!(
+            r.pick(Some("api.example.com"), &strings(&["http/1.1"])),
+            Some(1)
+        );
+        let only_exact = rules(&[(&["api.example.com"], &["h2"])]);
+        assert_eq!(only_exact.pick(Some("api.example.com"), &[]), None);
     }
 }

@@ -1,26 +1,35 @@
 //! The TLS ClientHello, read without terminating TLS: its server name (SNI)
 //! and ALPN protocols, for routing.
 //!
-//! The hello may span several TLS records (post-quantum key shares make
-//! hellos of 1.5 to 20 KiB), and each record may arrive split across TCP
-//! segments: [`parse`] is called again with more bytes until it is not
-//! [`Parse::Incomplete`]. It answers `NotTls` from the first byte, and
-//! `TooLarge` as soon as a length says the hello will not fit the limit,
-//! without waiting for the bytes. It copies only when the hello really
-//! spans records, checks every length against what remains (never indexing
-//! past it), and stops at the end of the hello: what follows is the
-//! client's and is not looked at.
+//! The proxy reads the client's first bytes into a buffer and calls
+//! [`parse`] after each read until it is not [`Parse::Incomplete`]; the
+//! bytes themselves go on to the upstream unchanged. The hello may span
+//! several TLS records (post-quantum key shares make hellos of 1.5 to
+//! 20 KiB), and each record may arrive split across TCP segments.
+//!
+//! [`parse`] answers `NotTls` from the first byte, and `TooLarge` as soon as
+//! the lengths received say the hello will not fit the limit, without
+//! waiting for the bytes. It copies only when the hello really spans
+//! records, checks every length against what remains (never indexing past
+//! it), and stops at the end of the hello: what follows is the client's and
+//! is not looked at. Every answer other than `Incomplete` is final: more
+//! bytes after it never change it.
 
 mod body;
+mod host_name;
 mod reader;
+mod records;
+#[cfg(test)]
+mod test_builder;
 
-use std::borrow::Cow;
+use records::Framing;
 
 /// What routing needs of a ClientHello.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hello {
-    /// The first `host_name` of the server_name extension, lower-case,
-    /// without a trailing dot.
+    /// The first `host_name` of the server_name extension, lower-case. One
+    /// trailing dot (`example.com.`, a fully qualified name) is dropped, so
+    /// it routes as `example.com`.
     pub server_name: Option<String>,
     /// The ALPN protocols offered, in the client's order.
     pub alpn: Vec<String>,
@@ -38,13 +47,15 @@ pub enum Parse {
 /// Why the bytes are not a ClientHello l4mesh can route by.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HelloError {
-    /// The first byte is not a TLS handshake record's.
+    /// The first byte is not a TLS handshake record's (a plain-text
+    /// protocol, or an SSLv2-compatible hello).
     #[error("not TLS")]
     NotTls,
-    /// The hello needs more bytes than the limit.
-    #[error("a ClientHello of {needed} bytes or more, over the limit of {limit}")]
+    /// The hello needs more bytes on the wire than the limit.
+    #[error("a ClientHello of at least {needed} bytes, over the limit of {limit}")]
     TooLarge {
-        /// Bytes needed at least.
+        /// Bytes on the wire (record headers included) the hello needs at
+        /// least.
         needed: usize,
         /// The limit.
         limit: usize,
@@ -69,97 +80,21 @@ impl HelloError {
 /// The default limit: 16 KiB.
 pub const DEFAULT_LIMIT: usize = 16 * 1024;
 
-const HANDSHAKE: u8 = 22;
-const CLIENT_HELLO: u8 = 1;
-/// The largest plaintext record fragment.
-const MAX_FRAGMENT: usize = 1 << 14;
-
 /// Looks at the bytes a client sent first, `buf`, for a whole ClientHello
 /// of at most `limit` bytes on the wire (record headers included).
 pub fn parse(buf: &[u8], limit: usize) -> Result<Parse, HelloError> {
-    let Some(&first) = buf.first() else {
-        return Ok(Parse::Incomplete);
-    };
-    if first != HANDSHAKE {
-        return Err(HelloError::NotTls);
+    match records::frame(buf, limit, None)? {
+        Framing::Incomplete => Ok(Parse::Incomplete),
+        Framing::Contiguous(message) => body::parse(message).map(Parse::Complete),
+        Framing::Spanning(len) => {
+            // A second walk over the same records, now known to be whole,
+            // joins their fragments: only a hello that spans records is
+            // copied, and only once it is all in.
+            let mut message = Vec::with_capacity(len);
+            records::frame(buf, limit, Some(&mut message))?;
+            body::parse(&message).map(Parse::Complete)
+        }
     }
-    let mut message: Cow<'_, [u8]> = Cow::Borrowed(&[]);
-    let mut at = 0;
-    loop {
-        let Some(header) = buf.get(at..at + 5) else {
-            check_version(&buf[at.min(buf.len())..])?;
-            return Ok(Parse::Incomplete);
-        };
-        if header[0] != HANDSHAKE {
-            return Err(HelloError::Malformed(
-                "a record that is not a handshake before the hello ended",
-            ));
-        }
-        check_version(header)?;
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        if len == 0 || len > MAX_FRAGMENT {
-            return Err(HelloError::Malformed("a record length of 0 or over 16384"));
-        }
-        let end = at + 5 + len;
-        if end > limit {
-            return Err(HelloError::TooLarge { needed: end, limit });
-        }
-        let fragment = &buf[at + 5..end.min(buf.len())];
-        message = if message.is_empty() && end <= buf.len() {
-            Cow::Borrowed(fragment)
-        } else {
-            let mut joined = message.into_owned();
-            joined.extend_from_slice(fragment);
-            Cow::Owned(joined)
-        };
-        if let Some(wanted) = message_length(&message, limit)?
-            && message.len() >= wanted
-        {
-            return body::parse(&message[4..wanted]).map(Parse::Complete);
-        }
-        if end > buf.len() {
-            return Ok(Parse::Incomplete);
-        }
-        at = end;
-    }
-}
-
-/// A record header's version (as far as `header` goes): major 3, minor 0
-/// to 4.
-fn check_version(header: &[u8]) -> Result<(), HelloError> {
-    if header.get(1).is_some_and(|&major| major != 3)
-        || header.get(2).is_some_and(|&minor| minor > 4)
-    {
-        return Err(HelloError::Malformed("a record version that is not TLS"));
-    }
-    Ok(())
-}
-
-/// The whole handshake message's length, once its 4-byte header is in.
-fn message_length(message: &[u8], limit: usize) -> Result<Option<usize>, HelloError> {
-    let Some(header) = message.get(..4) else {
-        if message.first().is_some_and(|&t| t != CLIENT_HELLO) {
-            return Err(HelloError::Malformed(
-                "the first handshake message is not a ClientHello",
-            ));
-        }
-        return Ok(None);
-    };
-    if header[0] != CLIENT_HELLO {
-        return Err(HelloError::Malformed(
-            "the first handshake message is not a ClientHello",
-        ));
-    }
-    let wanted =
-        4 + (usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]));
-    // At least one record header carries it: 5 more bytes on the wire.
-    if wanted + 5 > limit {
-        return Err(HelloError::TooLarge {
-            needed: wanted + 5,
-            limit,
-        });
-    }
-    Ok(Some(wanted))
 }
 
 #[cfg(test)]

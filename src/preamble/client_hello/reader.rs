@@ -20,21 +20,32 @@ impl<'a> Reader<'a> {
 
     /// The next `n` bytes.
     pub(super) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], HelloError> {
-        if n > self.bytes.len() {
+        let Some((taken, rest)) = self.bytes.split_at_checked(n) else {
             return Err(HelloError::Malformed(what));
-        }
-        let (taken, rest) = self.bytes.split_at(n);
+        };
         self.bytes = rest;
         Ok(taken)
     }
 
+    /// The next `N` bytes, as an array.
+    pub(super) fn array<const N: usize>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<[u8; N], HelloError> {
+        let Some((taken, rest)) = self.bytes.split_first_chunk::<N>() else {
+            return Err(HelloError::Malformed(what));
+        };
+        self.bytes = rest;
+        Ok(*taken)
+    }
+
     pub(super) fn u8(&mut self, what: &'static str) -> Result<u8, HelloError> {
-        Ok(self.take(1, what)?[0])
+        let [b] = self.array(what)?;
+        Ok(b)
     }
 
     pub(super) fn u16(&mut self, what: &'static str) -> Result<u16, HelloError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(u16::from_be_bytes(self.array(what)?))
     }
 
     /// A field behind a one-byte length.
