@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             assert_ne!(parsed.addr.port(), 0);
             assert!(unusable_endpoint(parsed.addr).is_none());
             let again = key(PREFIX, &parsed.service, parsed.addr);
-            assert_eq!(parse_key(PREFIX, again.as_bytes()), Ok(Some(parsed.clone())));
+            assert_eq!(
+                parse_key(PREFIX, again.as_bytes()),
+                Ok(Some(parsed.clone()))
+            );
             if let Ok((endpoint, _)) = parse_value(parsed.addr, value) {
                 assert!((1..=MAX_WEIGHT).contains(&endpoint.weight));
                 assert_eq!(endpoint.addr, parsed.addr);

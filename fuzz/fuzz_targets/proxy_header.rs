@@ -65,12 +65,18 @@ fn round_trip(data: &[u8]) {
         assert_eq!(len, out.len());
         let (s, d) = header.addresses.expect("addresses");
         assert_eq!((s.port(), d.port()), (source.port(), destination.port()));
-        assert_eq!((s.ip().to_canonical(), d.ip().to_canonical()), (source.ip().to_canonical(), destination.ip().to_canonical()));
+        assert_eq!(
+            (s.ip().to_canonical(), d.ip().to_canonical()),
+            (source.ip().to_canonical(), destination.ip().to_canonical())
+        );
         if version == Version::V2 {
             assert_eq!(header.authority.as_deref(), authority);
         }
         let mut local = Vec::new();
         encode_local(version, &mut local);
-        assert!(matches!(parse(&local, Accept::Any), Ok(Parse::Complete { .. })));
+        assert!(matches!(
+            parse(&local, Accept::Any),
+            Ok(Parse::Complete { .. })
+        ));
     }
 }
