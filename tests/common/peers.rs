@@ -7,7 +7,7 @@
 use super::{TempDir, eventually};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -186,75 +186,13 @@ impl Certs {
     /// `names`, signed by it.
     pub fn new(names: &[&str]) -> Certs {
         let dir = TempDir::new();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir.0)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=l4mesh test CA",
-        ]);
-        for name in names {
-            let (key, csr, pem, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(dir.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
-            run(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ]);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ]);
-        }
+        let sans: Vec<(String, String)> = names
+            .iter()
+            .map(|name| (name.to_string(), format!("subjectAltName=DNS:{name}")))
+            .collect();
+        let leaves: Vec<(&str, &str)> =
+            sans.iter().map(|(n, e)| (n.as_str(), e.as_str())).collect();
+        issue_certificates(&dir.0, &leaves);
         Certs { dir }
     }
 
@@ -269,6 +207,76 @@ impl Certs {
             self.dir.join(&format!("{name}.pem")),
             self.dir.join(&format!("{name}.key")),
         )
+    }
+}
+
+/// An EC P-256 key, made with the request, unencrypted.
+const NEW_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Makes, with openssl, in `dir`: a CA (`ca.pem`, `ca.key`), and for each
+/// `(name, extension)` a key and certificate (`name.key`, `name.pem`, CN
+/// `name`) signed by it, carrying `extension` (an openssl extension line
+/// such as `subjectAltName=DNS:api.example.com` or
+/// `extendedKeyUsage=clientAuth`).
+pub fn issue_certificates(dir: &Path, leaves: &[(&str, &str)]) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca = [
+        "-x509",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=l4mesh test CA",
+    ];
+    run(&[&["req"][..], &NEW_KEY, &ca].concat());
+    for (name, extension) in leaves {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&ext), format!("{extension}\n")).unwrap();
+        let subject = format!("/CN={name}");
+        let request = ["-keyout", &key, "-out", &csr, "-subj", &subject];
+        run(&[&["req"][..], &NEW_KEY, &request].concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
     }
 }
 
