@@ -45,22 +45,11 @@ impl Cidr {
     /// Whether `ip` is inside the prefix.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask32(u32::from(ip), self.prefix) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                mask128(u128::from(ip), self.prefix) == u128::from(net)
-            }
-            _ => false,
-        }
+        ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
     }
 
     fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => IpAddr::V4(mask32(u32::from(a), self.prefix).into()),
-            IpAddr::V6(a) => IpAddr::V6(mask128(u128::from(a), self.prefix).into()),
-        }
+        masked(self.addr, self.prefix)
     }
 }
 
@@ -70,17 +59,22 @@ impl fmt::Display for Cidr {
     }
 }
 
-fn mask32(bits: u32, prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        n => bits & (u32::MAX << (32 - u32::from(n))),
-    }
-}
-
-fn mask128(bits: u128, prefix: u8) -> u128 {
-    match prefix {
-        0 => 0,
-        n => bits & (u128::MAX << (128 - u32::from(n))),
+/// `ip` with every bit after its first `prefix` cleared (a prefix longer
+/// than the family's width keeps the whole address).
+pub fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
     }
 }
 

@@ -15,7 +15,7 @@ mod sni;
 mod validate;
 
 pub use affinity::{CpuAffinity, cpu_list, parse_cpu_affinity};
-pub use cidr::Cidr;
+pub use cidr::{Cidr, masked};
 pub use discovery::{DiscoveryConfig, DnsConfig, EtcdConfig, EtcdTls, ServiceDiscovery};
 pub use duration::parse_duration;
 pub use endpoints::{looping_listener, unusable_endpoint};

@@ -25,7 +25,7 @@
 mod rate;
 mod slot;
 
-use crate::config::ClientLimits;
+use crate::config::{ClientLimits, masked};
 use slot::{Place, Slot};
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -153,17 +153,15 @@ impl ClientTable {
 /// What identifies `client` under `limits`: its family and its address
 /// masked to the family's prefix.
 fn client_key(client: IpAddr, limits: &ClientLimits) -> (u8, u128) {
-    match client.to_canonical() {
-        IpAddr::V4(v4) => {
-            let kept = u32::from(limits.prefix_v4.min(32));
-            let mask = u32::MAX.checked_shl(32 - kept).unwrap_or(0);
-            (4, u128::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let kept = u32::from(limits.prefix_v6.min(128));
-            let mask = u128::MAX.checked_shl(128 - kept).unwrap_or(0);
-            (6, u128::from(v6) & mask)
-        }
+    let client = client.to_canonical();
+    let prefix = if client.is_ipv4() {
+        limits.prefix_v4
+    } else {
+        limits.prefix_v6
+    };
+    match masked(client, prefix) {
+        IpAddr::V4(v4) => (4, u128::from(u32::from(v4))),
+        IpAddr::V6(v6) => (6, u128::from(v6)),
     }
 }
 
