@@ -84,3 +84,25 @@ pub async fn accept_gated<S, F, Fut>(
         }
     }
 }
+
+/// Runs the accept loop `run` makes while `paused` is false: when it turns
+/// true the loop is dropped (clients already accepted go on, new ones wait
+/// in the backlog) and made anew once it turns false again. Returns when
+/// `run`'s loop does; once the pause switch is gone, its last position
+/// holds for good.
+pub async fn unless_paused<Fut: Future<Output = ()>>(
+    mut paused: tokio::sync::watch::Receiver<bool>,
+    mut run: impl FnMut() -> Fut,
+) {
+    loop {
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = run() => return,
+            changed = paused.wait_for(|p| *p) => if changed.is_err() {
+                return run().await;
+            },
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+mod socket_file;
+pub mod upgrade;
 
 pub use config::Config;
 pub use runtime::{Proxy, StartError};

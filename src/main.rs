@@ -29,12 +29,31 @@ struct Cli {
     /// Validate the config file and exit: 0 if valid, 1 with the problems if not.
     #[arg(long)]
     check: bool,
+    /// Take over from the l4mesh running with this upgrade socket (its
+    /// `runtime.upgrade_socket`): its listening sockets, registry socket,
+    /// admin listener and registered endpoints pass to this process, which
+    /// then serves while the old one drains and exits.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "check")]
+    takeover: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Replace the running l4mesh with this binary without dropping a
+    /// client: the running one (found by FILE's `runtime.upgrade_socket`)
+    /// starts this binary with `--takeover`, hands it its sockets, drains
+    /// and exits. Prints each step; exits 0 once the old process has
+    /// exited, 1 if the upgrade failed (the old process serves on).
+    Upgrade {
+        /// The config file the new process runs with.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The binary to start (default: this one).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
     /// Send one request to a running l4mesh's registry socket, or to etcd.
     ///
     /// Requests: register SERVICE ADDR [weight=N] [ttl=DURATION] | deregister
@@ -70,6 +89,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Upgrade { config, binary }) = &cli.command {
+        return upgrade(config, binary.as_deref());
+    }
     if let Some(Command::Ctl {
         socket,
         etcd,
@@ -130,7 +152,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&path) {
+    match run(&path, cli.takeover.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -139,11 +161,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+/// `l4mesh upgrade`: see [`Command::Upgrade`].
+fn upgrade(config: &std::path::Path, binary: Option<&std::path::Path>) -> ExitCode {
+    let this = match binary {
+        Some(binary) => Ok(binary.to_path_buf()),
+        None => std::env::current_exe(),
+    };
+    let outcome = this
+        .map_err(|e| format!("cannot tell which binary this is: {e}; give --binary"))
+        .and_then(|binary| l4mesh::upgrade::cli::run(config, &binary, &mut std::io::stdout()));
+    match outcome {
+        Ok(l4mesh::upgrade::cli::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(l4mesh::upgrade::cli::Outcome::Failed) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path, takeover: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .context("cannot install the signal handlers")?;
     raise_fd_limit();
-    let server = Server::start(path)?;
+    let server = Server::start_with(path, takeover)?;
     for (name, addr) in server.listeners() {
         log::info!("listener {name} on {addr}");
     }

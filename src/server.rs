@@ -5,15 +5,18 @@ use crate::admin::{Admin, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlHandle, Controller};
 use crate::discovery::file_watch::{ConfigWatcher, WatchError};
+use crate::discovery::registry::protocol::Request;
 use crate::discovery::registry::{RegistryError, RegistryServer};
 use crate::discovery::{Discovery, Feed};
 use crate::metrics::access_log::AccessLog;
 use crate::metrics::{DiscoveryStats, ReloadStats};
 use crate::routing::Table;
 use crate::runtime::{Proxy, StartError, StopHandle};
+use crate::upgrade::{Handing, Received, Takeover, TakeoverError, UpgradeServer};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 /// Why the server could not start.
@@ -37,6 +40,17 @@ pub enum ServerError {
     /// The access log file cannot be opened.
     #[error("access_log.path: cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    /// Taking over from a running l4mesh failed.
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+    /// The upgrade socket could not be opened.
+    #[error("runtime.upgrade_socket = {path:?}: cannot serve it: {source}")]
+    Upgrade {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The admin listener cannot be bound.
     #[error("admin.listen = \"{addr}\": cannot listen there: {source}")]
     Admin {
@@ -55,10 +69,11 @@ pub struct Server {
     controller: JoinHandle<()>,
     stats: Arc<ReloadStats>,
     watcher: ConfigWatcher,
-    registry: Option<RegistryServer>,
+    registry: Option<Arc<RegistryServer>>,
     workers: usize,
     access_log: Option<AccessLog>,
-    admin: Option<Admin>,
+    admin: Option<Arc<Admin>>,
+    upgrade: Option<UpgradeServer>,
 }
 
 impl Server {
@@ -66,22 +81,55 @@ impl Server {
     /// start if another l4mesh answers there), binds every listener, starts
     /// the workers, the controller and the file watch.
     pub fn start(path: &Path) -> Result<Server, ServerError> {
+        Server::start_with(path, None)
+    }
+
+    /// [`Server::start`], or with `takeover`, the path of a running
+    /// l4mesh's upgrade socket, taking its sockets over instead (see
+    /// [`crate::upgrade`]): this returns once serving, and the old process
+    /// then drains and exits.
+    pub fn start_with(path: &Path, takeover: Option<&Path>) -> Result<Server, ServerError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let config = Config::parse(&text, path)?;
+        let (takeover, mut received) = match takeover {
+            Some(socket) => {
+                let (takeover, received) = Takeover::begin(socket)?;
+                (Some(takeover), received)
+            }
+            None => (None, Received::default()),
+        };
         let (control, commands) = ControlHandle::channel();
+        let gate = RegistryGate::default();
         let registry = match &config.registry {
             Some(registry) => {
                 let control = control.clone();
-                let handler = Arc::new(move |request| control.registry(request));
-                Some(RegistryServer::start(registry, handler)?)
+                let gate = gate.clone();
+                let handler = Arc::new(move |request| gate.pass(&control, request));
+                match received.registry.take() {
+                    Some((path, fd)) if path == registry.socket => {
+                        let listener = std::os::unix::net::UnixListener::from(fd);
+                        let served = RegistryServer::serve(path.clone(), listener, handler, true)
+                            .map_err(|source| RegistryError::Create { path, source })?;
+                        // The old process's file, until the takeover is done.
+                        served.keep_file(true);
+                        Some(served)
+                    }
+                    _ => Some(RegistryServer::start(registry, handler)?),
+                }
             }
             None => None,
         };
         let access_log = AccessLog::start(&config.access_log).map_err(ServerError::AccessLog)?;
-        let proxy = Proxy::start(&config, access_log.clone())?;
+        let mut proxy = Proxy::start_idle(&config, access_log.clone(), &mut received.listeners)?;
+        for addr in received.listeners.keys() {
+            log::warn!(
+                "the old process listens on {addr}, which this config does not: that address \
+                 stops being served when the old process stops"
+            );
+        }
         let workers = config.runtime.workers;
         let stats = Arc::new(ReloadStats::default());
         let discovery_stats = Arc::new(DiscoveryStats::default());
@@ -93,8 +141,13 @@ impl Server {
                     access_log: access_log.clone(),
                     discovery: Arc::clone(&discovery_stats),
                 };
-                let admin = Admin::start(addr, state);
-                Some(admin.map_err(|source| ServerError::Admin { addr, source })?)
+                let admin = match received.admin.take() {
+                    Some((old, listener)) if old == addr => Admin::serve(listener, state, true),
+                    _ => Admin::start(addr, state),
+                };
+                Some(Arc::new(
+                    admin.map_err(|source| ServerError::Admin { addr, source })?,
+                ))
             }
             None => None,
         };
@@ -104,6 +157,7 @@ impl Server {
         };
         let discovery =
             Discovery::start(&config, feed, discovery_stats).map_err(ServerError::Thread)?;
+        let upgrade_socket = config.runtime.upgrade_socket.clone();
         let controller = Controller::new(
             config,
             text,
@@ -117,6 +171,72 @@ impl Server {
             let control = control.clone();
             ConfigWatcher::start(path, move || control.request_reload(false))?
         };
+        let registry = registry.map(Arc::new);
+        let upgrade = match upgrade_socket {
+            Some(socket) => {
+                let inherited = match received.upgrade.take() {
+                    Some((old, fd)) if old == socket => Some(fd),
+                    _ => None,
+                };
+                let handing = handing(&proxy, &control, &gate, registry.as_ref(), admin.as_ref())
+                    .map_err(|source| ServerError::Upgrade {
+                    path: socket.clone(),
+                    source,
+                })?;
+                Some(
+                    UpgradeServer::start(&socket, inherited, handing).map_err(|source| {
+                        ServerError::Upgrade {
+                            path: socket,
+                            source,
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(takeover) = takeover {
+            let requests = takeover.ready()?;
+            let count = requests.len();
+            for request in requests {
+                let line = request.to_string();
+                let reply = control.registry(request);
+                if reply["ok"] != serde_json::json!(true) {
+                    log::warn!("takeover: `{line}` was not applied: {}", reply["error"]);
+                }
+            }
+            log::info!(
+                "took over {count} registry entr{} from pid {}",
+                if count == 1 { "y" } else { "ies" },
+                received.old_pid
+            );
+            proxy.open_listeners();
+            if let Some(registry) = &registry {
+                registry.pause(false);
+            }
+            if let Some(admin) = &admin {
+                admin.pause(false);
+            }
+            takeover.serving()?;
+            if let Some(registry) = &registry {
+                registry.keep_file(false);
+            }
+            if let Some(upgrade) = &upgrade {
+                upgrade.own_file();
+            }
+            if let Some(stderr) = received.stderr.take() {
+                // From now on this process logs where the old one did (the
+                // journal, say), not to whoever started it.
+                if let Err(e) = rustix::stdio::dup2_stderr(&stderr) {
+                    log::warn!("cannot log to the old process's stderr: {e}");
+                }
+            }
+            log::info!(
+                "serving in place of pid {}; its counters are not carried over",
+                received.old_pid
+            );
+        } else {
+            proxy.open_listeners();
+        }
         Ok(Server {
             proxy,
             control,
@@ -127,12 +247,13 @@ impl Server {
             workers,
             access_log,
             admin,
+            upgrade,
         })
     }
 
     /// The admin listener's address, if configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(Admin::local_addr)
+        self.admin.as_ref().map(|a| a.local_addr())
     }
 
     /// A handle on the access log, to reopen its file (SIGUSR1).
@@ -172,7 +293,7 @@ impl Server {
 
     /// The registry socket, if configured.
     pub fn registry(&self) -> Option<&RegistryServer> {
-        self.registry.as_ref()
+        self.registry.as_deref()
     }
 
     /// A handle that starts a graceful stop from another thread.
@@ -190,6 +311,7 @@ impl Server {
             watcher,
             registry,
             access_log,
+            upgrade,
             ..
         } = self;
         proxy.wait();
@@ -199,9 +321,85 @@ impl Server {
         }
         drop(watcher);
         drop(registry);
+        drop(upgrade);
         control.stop();
         if controller.join().is_err() {
             log::error!("the controller thread panicked");
         }
+    }
+}
+
+/// What the upgrade socket hands over and how this process lets go.
+fn handing(
+    proxy: &Proxy,
+    control: &ControlHandle,
+    gate: &RegistryGate,
+    registry: Option<&Arc<RegistryServer>>,
+    admin: Option<&Arc<Admin>>,
+) -> std::io::Result<Handing> {
+    let registry_fd = match registry {
+        Some(r) => Some((
+            r.path().to_path_buf(),
+            OwnedFd::from(r.socket().try_clone()?),
+        )),
+        None => None,
+    };
+    let admin_fd = match admin {
+        Some(a) => Some((a.local_addr(), OwnedFd::from(a.socket().try_clone()?))),
+        None => None,
+    };
+    let (pause_registry, pause_admin, pause_gate) =
+        (registry.cloned(), admin.cloned(), gate.clone());
+    let export = control.clone();
+    let kept = registry.cloned();
+    Ok(Handing {
+        proxy: proxy.control(),
+        stop: proxy.stop_handle(),
+        registry: registry_fd,
+        admin: admin_fd,
+        pause: Box::new(move |paused| {
+            pause_gate.close(paused);
+            if let Some(r) = &pause_registry {
+                r.pause(paused);
+            }
+            if let Some(a) = &pause_admin {
+                a.pause(paused);
+            }
+        }),
+        export: Box::new(move || export.export().iter().map(ToString::to_string).collect()),
+        handed_over: Box::new(move || {
+            if let Some(r) = &kept {
+                r.keep_file(true);
+            }
+        }),
+    })
+}
+
+/// Lets registry requests through to the controller unless closed for a
+/// handover: then they are refused, so that none is applied here after the
+/// registry's state went to the new process.
+#[derive(Debug, Clone, Default)]
+struct RegistryGate(Arc<RwLock<bool>>);
+
+impl RegistryGate {
+    /// Applies `request`, or refuses it while closed. The read lock is held
+    /// until the controller has it queued, so a close waits for it.
+    fn pass(&self, control: &ControlHandle, request: Request) -> serde_json::Value {
+        let closed = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return serde_json::json!({
+                "ok": false,
+                "error": format!(
+                    "this l4mesh (pid {}) is handing over to a new process; connect again",
+                    std::process::id()
+                ),
+            });
+        }
+        control.registry(request)
+    }
+
+    /// Closes (or opens) the gate once every request passing it is done.
+    fn close(&self, closed: bool) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = closed;
     }
 }

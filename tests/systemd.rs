@@ -110,3 +110,46 @@ fn it_should_ship_a_unit_file_that_systemd_analyze_accepts() {
         ),
     }
 }
+
+#[test]
+fn it_should_tell_systemd_the_new_main_pid_when_an_upgrade_hands_over() {
+    let dir = TempDir::new();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    // A fixed port: the new process takes the socket over by its address.
+    let text = config_text(&[(echo_backend(), 1)], "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{}", free_port()))
+        .replace(
+            "drain_timeout = \"5s\"\n",
+            &format!(
+                "drain_timeout = \"5s\"\nupgrade_socket = \"{}\"\n",
+                dir.join("upgrade.sock").display()
+            ),
+        );
+    let old = Binary::start_with(&text, &[], |c| {
+        c.env("NOTIFY_SOCKET", &path);
+    });
+    let wait = Duration::from_secs(10);
+    assert_eq!(messages_until(&socket, wait, "READY=1"), ["READY=1"]);
+    let upgraded = Command::new(env!("CARGO_BIN_EXE_l4mesh"))
+        .arg("upgrade")
+        .arg("-c")
+        .arg(&old.config)
+        .output()
+        .unwrap();
+    let output = String::from_utf8_lossy(&upgraded.stdout).to_string();
+    assert!(upgraded.status.success(), "{output}");
+    let new: u32 = output
+        .split(" as pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let handover = messages_until(&socket, wait, "READY=1");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(new.to_string())
+        .status();
+    assert_eq!(handover, [format!("MAINPID={new}"), "READY=1".to_string()]);
+}

@@ -18,12 +18,13 @@
 //!
 //! Requests are parsed with `httparse` within [`MAX_REQUEST`] bytes.
 
-use crate::accept_gate::{Seat, accept_gated};
+use crate::accept_gate::{Seat, accept_gated, unless_paused};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
 /// The largest request head read, in bytes.
@@ -111,12 +112,14 @@ impl Response {
 /// What answers a request: `(method, path without the query)` to a response.
 pub type Answer = dyn Fn(&str, &str) -> Response + Send + Sync;
 
-/// Serves `listener` on a new thread named `name`, until the process ends.
+/// Serves `listener` on a new thread named `name`, until the process ends,
+/// accepting only while `paused` is false.
 pub fn spawn(
     listener: std::net::TcpListener,
     limits: Limits,
     name: &str,
     answer: Arc<Answer>,
+    paused: watch::Receiver<bool>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -128,7 +131,10 @@ pub fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => accept(listener, limits, answer).await,
+                    Ok(listener) => {
+                        unless_paused(paused, || accept(&listener, limits, Arc::clone(&answer)))
+                            .await;
+                    }
                     Err(e) => log::error!("admin: cannot serve the listener: {e}"),
                 }
             })
@@ -136,7 +142,7 @@ pub fn spawn(
     Ok(())
 }
 
-async fn accept(listener: TcpListener, limits: Limits, answer: Arc<Answer>) {
+async fn accept(listener: &TcpListener, limits: Limits, answer: Arc<Answer>) {
     let serve = |(stream, _), seat: Seat| {
         let answer = Arc::clone(&answer);
         tokio::spawn(async move {
@@ -258,7 +264,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let answer: Arc<Answer> = Arc::new(|_: &str, path: &str| Response::text(200, path));
-        spawn(listener, limits, "test-http", answer).unwrap();
+        let (_, paused) = watch::channel(false);
+        spawn(listener, limits, "test-http", answer, paused).unwrap();
         addr
     }
 

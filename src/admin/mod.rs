@@ -37,14 +37,24 @@ pub struct AdminState {
 #[derive(Debug)]
 pub struct Admin {
     addr: SocketAddr,
+    /// A copy of the listening socket, to hand to a new process.
+    socket: TcpListener,
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl Admin {
     /// Binds `addr` and starts serving. A non-loopback address works but is
     /// logged as a warning: the endpoint has no authentication.
     pub fn start(addr: SocketAddr, state: AdminState) -> io::Result<Admin> {
-        let listener = bind(addr)?;
+        Admin::serve(bind(addr)?, state, false)
+    }
+
+    /// Serves `listener` (bound already, or taken over from another
+    /// process), paused from the start if `paused`.
+    pub fn serve(listener: TcpListener, state: AdminState, paused: bool) -> io::Result<Admin> {
         let addr = listener.local_addr()?;
+        let socket = listener.try_clone()?;
+        let (pause, paused) = tokio::sync::watch::channel(paused);
         if !addr.ip().is_loopback() {
             log::warn!(
                 "admin listener on {addr}, which is not loopback: /metrics and /config are \
@@ -54,9 +64,23 @@ impl Admin {
         // Opened now, while descriptors are to be had: a scrape needs none.
         ProcessStats::open_sources();
         let answer = Arc::new(move |method: &str, path: &str| route(&state, method, path));
-        http::spawn(listener, Limits::ADMIN, "l4mesh-admin", answer)?;
+        http::spawn(listener, Limits::ADMIN, "l4mesh-admin", answer, paused)?;
         log::info!("admin listener on http://{addr} (/metrics, /healthz, /config)");
-        Ok(Admin { addr })
+        Ok(Admin {
+            addr,
+            socket,
+            paused: pause,
+        })
+    }
+
+    /// Stops accepting (clients wait in the backlog) or starts again.
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// The listening socket, for a new process to take over.
+    pub fn socket(&self) -> &TcpListener {
+        &self.socket
     }
 
     /// The bound address.

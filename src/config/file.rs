@@ -167,6 +167,10 @@ pub struct FileRuntime {
     /// `"auto"`, `"off"` or a CPU list such as `"0-3,8"`.
     #[serde(default = "default_cpu_affinity")]
     pub cpu_affinity: String,
+    /// The Unix socket a new l4mesh takes this one's sockets over from;
+    /// absent = no hitless upgrade.
+    #[serde(default)]
+    pub upgrade_socket: Option<String>,
 }
 
 impl Default for FileRuntime {
@@ -180,6 +184,7 @@ impl Default for FileRuntime {
             pipe_size: default_pipe_size(),
             event_loop: default_event_loop(),
             cpu_affinity: default_cpu_affinity(),
+            upgrade_socket: None,
         }
     }
 }

@@ -113,6 +113,9 @@ pub struct RuntimeConfig {
     pub event_loop: EventLoop,
     /// Which CPU each worker runs on.
     pub cpu_affinity: CpuAffinity,
+    /// Where a new l4mesh asks this one for its sockets (a hitless
+    /// upgrade), if anywhere.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// The event loop each worker runs.

@@ -19,7 +19,7 @@ use crate::preamble::proxy_header::Version;
 use rustix::thread::CpuSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Collects problems while values are converted.
@@ -253,6 +253,10 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         );
         return None;
     }
+    let upgrade_socket = match file.upgrade_socket.as_deref() {
+        None => Some(None),
+        Some(path) => upgrade_socket(path, problems).map(Some),
+    };
     let workers = match workers? {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -266,7 +270,30 @@ fn runtime(file: &FileRuntime, problems: &mut Problems) -> Option<RuntimeConfig>
         pipe_size: pipe_size? as usize,
         event_loop: event_loop?,
         cpu_affinity: cpu_affinity?,
+        upgrade_socket: upgrade_socket?,
     })
+}
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `runtime.upgrade_socket`: a path that fits in a Unix socket address.
+fn upgrade_socket(path: &str, problems: &mut Problems) -> Option<PathBuf> {
+    let why = if path.trim().is_empty() {
+        "the socket path is empty"
+    } else if path.len() > MAX_SOCKET_PATH {
+        "longer than the 107 bytes a Unix socket address holds"
+    } else {
+        return Some(PathBuf::from(path));
+    };
+    problems.push(
+        "runtime.upgrade_socket",
+        quoted(path),
+        why,
+        "give a short path such as \"/run/l4mesh/upgrade.sock\", or remove the key (no hitless \
+         upgrade)",
+    );
+    None
 }
 
 fn access_log(file: &FileAccessLog, problems: &mut Problems) -> Option<AccessLogConfig> {

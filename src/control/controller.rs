@@ -57,6 +57,10 @@ pub enum Command {
     },
     /// A discovery source's new endpoints (etcd, DNS SRV).
     Discovered(Update),
+    /// The registry's state as requests that rebuild it elsewhere (see
+    /// [`crate::discovery::registry::Registrations::replay`]), for a new
+    /// process taking over.
+    Export(Sender<Vec<Request>>),
     /// Stop the controller thread.
     Stop,
 }
@@ -117,6 +121,14 @@ impl ControlHandle {
                 timeout.as_secs_f64()
             )),
         }
+    }
+
+    /// The registry's state as requests, once every request queued before
+    /// has been applied; empty if the controller does not answer.
+    pub fn export(&self) -> Vec<Request> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::Export(tx));
+        rx.recv_timeout(ANSWER_TIMEOUT).unwrap_or_default()
     }
 
     /// Hands a discovery source's update to the controller (no wait).
@@ -264,6 +276,10 @@ impl Controller {
                 }
                 Command::Discovered(update) => {
                     pending.publish |= self.discovered(update);
+                }
+                Command::Export(reply) => {
+                    self.flush(&mut pending);
+                    let _ = reply.send(self.sources.registrations.replay(Instant::now()));
                 }
                 Command::Reload { force, reply } => {
                     self.flush(&mut pending);

@@ -34,6 +34,16 @@ pub fn readiness(socket: TcpListener) -> io::Result<AsyncFd<TcpListener>> {
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = bind_unlistened(addr)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// A socket bound to `addr` as a member of its `SO_REUSEPORT` group would
+/// be, but not listening yet: the kernel gives it no clients until
+/// `listen(2)`, so a process can join a group it took over only once it is
+/// ready to accept.
+pub fn bind_unlistened(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -44,8 +54,7 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 #[cfg(test)]

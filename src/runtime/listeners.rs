@@ -3,27 +3,37 @@
 //! the whole reload before anything changes), and only then tells the
 //! workers to start and stop accept loops. An address another process
 //! listens on is refused before binding (see [`super::port_check`]).
+//!
+//! At a hitless upgrade the new process adopts the old one's sockets
+//! instead of binding: every socket of an address, however many workers
+//! each process runs, so that no client queued on any of them is lost.
+//! With fewer workers than sockets, a worker accepts on several; with more,
+//! the extra workers' sockets join the address's `SO_REUSEPORT` group, but
+//! listen only when the plan is committed (once the old process has let
+//! go), so that no client queues on a socket of a process that may yet
+//! fail to start.
 
 use super::StartError;
 use super::port_check;
 use crate::config::ListenerConfig;
-use crate::proxy::listener::bind_group;
-use std::collections::{BTreeMap, HashSet};
+use crate::proxy::listener::{bind_group, bind_unlistened};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// A change a worker applies to its accept loops.
 #[derive(Debug)]
 pub enum ListenerChange {
-    /// Start accepting on this socket as listener `name` (replacing a loop
-    /// of the same name).
+    /// Start accepting on these sockets as listener `name` (replacing the
+    /// loops of the same name).
     Add {
         /// The listener's name.
         name: String,
-        /// This worker's socket.
-        socket: TcpListener,
+        /// This worker's sockets: one, or several after an upgrade that
+        /// handed over more sockets than there are workers.
+        sockets: Vec<TcpListener>,
     },
     /// Stop accepting as listener `name`; its open connections go on.
     Remove {
@@ -39,10 +49,25 @@ pub enum ListenerChange {
 /// Listener addresses as bound (with real ports), readable from any thread.
 pub type BoundAddrs = Arc<Mutex<BTreeMap<String, SocketAddr>>>;
 
+/// Listening sockets a new process took over from the old one, by address.
+pub type Inherited = HashMap<SocketAddr, Vec<TcpListener>>;
+
+/// One listener's sockets, waiting to be handed to the workers.
+#[derive(Debug)]
+struct Added {
+    listener: ListenerConfig,
+    addr: SocketAddr,
+    /// Each worker's listening sockets.
+    sockets: Vec<Vec<TcpListener>>,
+    /// Sockets bound into the group for these workers, to listen at commit.
+    unlistened: Vec<(usize, socket2::Socket)>,
+    inodes: Vec<u64>,
+}
+
 /// Bound sockets waiting to be handed to the workers.
 #[derive(Debug, Default)]
 pub struct ListenerPlan {
-    add: Vec<(ListenerConfig, SocketAddr, Vec<TcpListener>, Vec<u64>)>,
+    add: Vec<Added>,
     rebound: Vec<String>,
     remove: Vec<String>,
 }
@@ -61,13 +86,14 @@ impl ListenerPlan {
     /// One line saying what it changes, like `+api ~web -old` (added,
     /// rebound to a new address, removed).
     pub fn summary(&self) -> String {
-        let added = self.add.iter().map(|(l, _, _, _)| {
-            let sign = if self.rebound.contains(&l.name) {
+        let added = self.add.iter().map(|added| {
+            let name = &added.listener.name;
+            let sign = if self.rebound.contains(name) {
                 '~'
             } else {
                 '+'
             };
-            format!("{sign}{}", l.name)
+            format!("{sign}{name}")
         });
         let removed = self.remove.iter().map(|n| format!("-{n}"));
         added.chain(removed).collect::<Vec<_>>().join(" ")
@@ -83,6 +109,9 @@ pub struct Listeners {
     /// The socket inodes of each current listener's sockets, which the
     /// check for other processes' listeners leaves out.
     inodes: BTreeMap<String, Vec<u64>>,
+    /// A copy of each current listener's sockets, to hand to a new process
+    /// at an upgrade.
+    held: BTreeMap<String, Vec<TcpListener>>,
     bound: BoundAddrs,
 }
 
@@ -94,6 +123,7 @@ impl Listeners {
             backlog,
             current: BTreeMap::new(),
             inodes: BTreeMap::new(),
+            held: BTreeMap::new(),
             bound: BoundAddrs::default(),
         }
     }
@@ -108,8 +138,14 @@ impl Listeners {
     /// settings (its service, `max_connections`) are read from the routing
     /// table per connection, so changing them keeps the socket (and a port
     /// the kernel chose). An explicit address that another process listens
-    /// on (or a wildcard that covers it) is refused.
-    pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, StartError> {
+    /// on (or a wildcard that covers it) is refused. A listener whose
+    /// address is in `inherited` takes those sockets instead of binding
+    /// (see the module docs).
+    pub fn prepare(
+        &self,
+        wanted: &[ListenerConfig],
+        inherited: &mut Inherited,
+    ) -> Result<ListenerPlan, StartError> {
         let mut plan = ListenerPlan::default();
         let own: HashSet<u64> = self.inodes.values().flatten().copied().collect();
         for listener in wanted {
@@ -125,6 +161,11 @@ impl Listeners {
                 addr: listener.listen,
                 source,
             };
+            if let Some(sockets) = inherited.remove(&listener.listen) {
+                let added = self.adopt(listener, sockets).map_err(bind_error)?;
+                plan.add.push(added);
+                continue;
+            }
             if listener.listen.port() != 0
                 && let Some(holder) = port_check::holder(listener.listen, &own)
             {
@@ -138,15 +179,17 @@ impl Listeners {
             let group = bind_group(listener.listen, self.workers.len(), self.backlog)
                 .map_err(bind_error)?;
             let addr = group[0].local_addr().map_err(bind_error)?;
-            let inodes = group
-                .iter()
-                .map(|socket| rustix::fs::fstat(socket.as_fd()).map(|stat| stat.st_ino))
-                .collect::<Result<Vec<u64>, _>>()
-                .map_err(|e| bind_error(e.into()))?;
+            let inodes = inodes_of(group.iter()).map_err(bind_error)?;
             if self.current.contains_key(&listener.name) {
                 plan.rebound.push(listener.name.clone());
             }
-            plan.add.push((listener.clone(), addr, group, inodes));
+            plan.add.push(Added {
+                listener: listener.clone(),
+                addr,
+                sockets: group.into_iter().map(|socket| vec![socket]).collect(),
+                unlistened: Vec::new(),
+                inodes,
+            });
         }
         plan.remove = self
             .current
@@ -174,12 +217,32 @@ impl Listeners {
             }
             self.current.remove(&name);
             self.inodes.remove(&name);
+            self.held.remove(&name);
             bound.remove(&name);
         }
-        for (listener, addr, group, inodes) in plan.add {
-            for (worker, socket) in self.workers.iter().zip(group) {
+        for Added {
+            listener,
+            addr,
+            mut sockets,
+            unlistened,
+            inodes,
+        } in plan.add
+        {
+            for (worker, socket) in unlistened {
+                match socket.listen(i32::try_from(self.backlog).unwrap_or(i32::MAX)) {
+                    Ok(()) => sockets[worker].push(socket.into()),
+                    Err(e) => log::warn!(
+                        "listener {}: worker {worker} cannot listen on {addr}: {e}; the other \
+                         workers serve it",
+                        listener.name
+                    ),
+                }
+            }
+            let held = sockets.iter().flatten().filter_map(|s| s.try_clone().ok());
+            self.held.insert(listener.name.clone(), held.collect());
+            for (worker, sockets) in self.workers.iter().zip(sockets) {
                 let name = listener.name.clone();
-                let _ = worker.send(ListenerChange::Add { name, socket });
+                let _ = worker.send(ListenerChange::Add { name, sockets });
             }
             bound.insert(listener.name.clone(), addr);
             self.inodes.insert(listener.name.clone(), inodes);
@@ -187,4 +250,59 @@ impl Listeners {
         }
         removed
     }
+
+    /// A copy of every listener's sockets with its address, for a new
+    /// process taking over.
+    pub fn handover(&self) -> Vec<(SocketAddr, Vec<OwnedFd>)> {
+        let bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        self.held
+            .iter()
+            .filter_map(|(name, sockets)| {
+                let addr = *bound.get(name)?;
+                let fds = sockets.iter().filter_map(|s| s.try_clone().ok());
+                Some((addr, fds.map(OwnedFd::from).collect()))
+            })
+            .collect()
+    }
+
+    /// Spreads the sockets another process handed over for `listener` over
+    /// this process's workers (see the module docs).
+    fn adopt(
+        &self,
+        listener: &ListenerConfig,
+        inherited: Vec<TcpListener>,
+    ) -> std::io::Result<Added> {
+        let workers = self.workers.len();
+        let addr = listener.listen;
+        let mut inodes = inodes_of(inherited.iter())?;
+        let mut sockets: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let count = inherited.len();
+        for (i, socket) in inherited.into_iter().enumerate() {
+            sockets[i % workers].push(socket);
+        }
+        let mut unlistened = Vec::new();
+        for worker in count..workers {
+            let socket = bind_unlistened(addr)?;
+            inodes.push(rustix::fs::fstat(socket.as_fd())?.st_ino);
+            unlistened.push((worker, socket));
+        }
+        log::info!(
+            "listener {}: took over {count} socket(s) on {addr} for {workers} worker(s)",
+            listener.name
+        );
+        Ok(Added {
+            listener: listener.clone(),
+            addr,
+            sockets,
+            unlistened,
+            inodes,
+        })
+    }
+}
+
+/// The socket inodes of `sockets`.
+fn inodes_of<'a>(sockets: impl Iterator<Item = &'a TcpListener>) -> std::io::Result<Vec<u64>> {
+    sockets
+        .map(|socket| Ok(rustix::fs::fstat(socket.as_fd())?.st_ino))
+        .collect()
 }

@@ -13,7 +13,7 @@ mod serve;
 mod worker;
 
 pub use budget::accept_paused_seconds;
-pub use listeners::{ListenerChange, ListenerPlan, Listeners};
+pub use listeners::{Inherited, ListenerChange, ListenerPlan, Listeners};
 
 use crate::config::{Config, ListenerConfig};
 use crate::health::Checker;
@@ -125,7 +125,7 @@ impl ProxyControl {
 
     /// Binds what `wanted` adds or moves; see [`Listeners::prepare`].
     pub fn prepare(&self, wanted: &[ListenerConfig]) -> Result<ListenerPlan, StartError> {
-        self.lock().prepare(wanted)
+        self.lock().prepare(wanted, &mut Inherited::new())
     }
 
     /// Hands a prepared plan to the workers; see [`Listeners::commit`].
@@ -148,6 +148,12 @@ impl ProxyControl {
     /// A handle that stops the proxy from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
+    }
+
+    /// A copy of every listener's sockets with its address, for a new
+    /// process taking over (see [`Listeners::handover`]).
+    pub fn handover(&self) -> Vec<(SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+        self.lock().handover()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Listeners> {
@@ -203,6 +209,8 @@ pub struct Proxy {
     control: Arc<ProxyControl>,
     workers: Vec<JoinHandle<()>>,
     health: Checker,
+    /// The listeners bound (or taken over) but not accepted on yet.
+    pending: Option<ListenerPlan>,
 }
 
 impl Proxy {
@@ -210,12 +218,24 @@ impl Proxy {
     /// without serving anything if any address cannot be bound. Closed
     /// connections are recorded in `access_log`, if given.
     pub fn start(config: &Config, access_log: Option<AccessLog>) -> Result<Proxy, StartError> {
+        let mut proxy = Proxy::start_idle(config, access_log, &mut Inherited::new())?;
+        proxy.open_listeners();
+        Ok(proxy)
+    }
+
+    /// Like [`Proxy::start`], taking the sockets of `inherited` that the
+    /// config's listeners want instead of binding, but accepting nowhere
+    /// until [`Proxy::open_listeners`].
+    pub fn start_idle(
+        config: &Config,
+        access_log: Option<AccessLog>,
+        inherited: &mut Inherited,
+    ) -> Result<Proxy, StartError> {
         let workers = config.runtime.workers;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
-        let mut listeners = Listeners::new(senders, config.runtime.backlog);
-        let plan = listeners.prepare(&config.listeners)?;
-        listeners.commit(plan);
+        let listeners = Listeners::new(senders, config.runtime.backlog);
+        let plan = listeners.prepare(&config.listeners, inherited)?;
         let snapshot = Snapshot::build(config, &ConfigOnly, None);
         let (published, published_rx) = watch::channel(snapshot.generation);
         let table: Table = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -283,7 +303,15 @@ impl Proxy {
             }),
             workers: handles,
             health,
+            pending: Some(plan),
         })
+    }
+
+    /// Starts accepting on the listeners [`Proxy::start_idle`] prepared.
+    pub fn open_listeners(&mut self) {
+        if let Some(plan) = self.pending.take() {
+            self.control.commit(plan);
+        }
     }
 
     /// The control-side handle: table, listeners, stop.

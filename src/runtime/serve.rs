@@ -32,8 +32,9 @@ pub trait Spawner {
     fn yield_now() -> impl Future<Output = ()>;
 }
 
-/// A running accept loop: its stop switch and its task.
-type AcceptLoop<T> = (Sender<bool>, T);
+/// A listener's running accept loops (one per socket): their stop switch
+/// and their tasks.
+type AcceptLoops<T> = (Sender<bool>, Vec<T>);
 
 /// Serves `plan`'s listeners on `worker` until it is stopped, then drains
 /// (see the module docs); `accept` is the loop's accept loop for one
@@ -49,7 +50,7 @@ pub async fn serve<L, S, A, F>(
     A: Fn(TcpListener, Arc<str>, Rc<WorkerState<L>>, Arc<Budget>, watch::Receiver<bool>) -> F,
     F: Future<Output = ()> + 'static,
 {
-    let mut loops: HashMap<String, AcceptLoop<S::Task>> = HashMap::new();
+    let mut loops: HashMap<String, AcceptLoops<S::Task>> = HashMap::new();
     let mut stopped: Vec<S::Task> = Vec::new();
     loop {
         let change = tokio::select! {
@@ -57,25 +58,33 @@ pub async fn serve<L, S, A, F>(
             _ = plan.stop.wait_for(|stopping| *stopping) => None,
         };
         match change {
-            Some(ListenerChange::Add { name, socket }) => {
+            Some(ListenerChange::Add { name, sockets }) => {
                 let (stop_tx, stop_rx) = watch::channel(false);
-                let task = S::spawn(accept(
-                    socket,
-                    Arc::from(name.as_str()),
-                    Rc::clone(&worker),
-                    Arc::clone(&plan.budget),
-                    stop_rx,
-                ));
-                if let Some((old_stop, old_task)) = loops.insert(name, (stop_tx, task)) {
+                let shared: Arc<str> = Arc::from(name.as_str());
+                let tasks = sockets
+                    .into_iter()
+                    .map(|socket| {
+                        S::spawn(accept(
+                            socket,
+                            Arc::clone(&shared),
+                            Rc::clone(&worker),
+                            Arc::clone(&plan.budget),
+                            stop_rx.clone(),
+                        ))
+                    })
+                    .collect();
+                if let Some((old_stop, old_tasks)) = loops.insert(name, (stop_tx, tasks)) {
                     old_stop.send_replace(true);
-                    stopped.push(old_task);
+                    stopped.extend(old_tasks);
                 }
             }
             Some(ListenerChange::Remove { name, done }) => {
-                if let Some((stop, task)) = loops.remove(&name) {
+                if let Some((stop, tasks)) = loops.remove(&name) {
                     stop.send_replace(true);
                     stopped.push(S::spawn(async move {
-                        task.await;
+                        for task in tasks {
+                            task.await;
+                        }
                         // The clients it accepted were spawned before this
                         // task woke; one more turn lets each of them look
                         // up its route before `done` says the listener may
@@ -89,9 +98,9 @@ pub async fn serve<L, S, A, F>(
         }
         stopped.retain(|task| !S::is_finished(task));
     }
-    for (stop, task) in loops.into_values() {
+    for (stop, tasks) in loops.into_values() {
         stop.send_replace(true);
-        stopped.push(task);
+        stopped.extend(tasks);
     }
     for task in stopped {
         task.await;

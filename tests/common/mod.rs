@@ -139,6 +139,8 @@ pub struct Binary {
     pub child: Child,
     /// Every stderr line so far.
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// The config file it runs with.
+    pub config: std::path::PathBuf,
 }
 
 impl Binary {
@@ -184,7 +186,11 @@ impl Binary {
                 sink.lock().unwrap().push(line);
             }
         });
-        let binary = Binary { child, lines };
+        let binary = Binary {
+            child,
+            lines,
+            config: file,
+        };
         binary.wait_for_line(Duration::from_secs(10), " worker(s); edit the file");
         binary
     }

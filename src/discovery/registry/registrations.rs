@@ -2,6 +2,7 @@
 //! registered through the registry socket (with optional TTLs) and endpoints
 //! put into drain. Pure: time is passed in, so it tests without a clock.
 
+use super::protocol::Request;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -132,6 +133,30 @@ impl Registrations {
         self.expiries.first().map(|(at, _)| *at)
     }
 
+    /// The requests that rebuild this state in another process, as of
+    /// `now`: a register for each endpoint (with the time it has left), then
+    /// a drain for each drained one. Lapsed registrations are left out.
+    pub fn replay(&self, now: Instant) -> Vec<Request> {
+        let registers = self.entries.iter().filter_map(|((service, addr), r)| {
+            let ttl = match r.expires {
+                Some(at) if at <= now => return None,
+                Some(at) => Some(at.duration_since(now).max(Duration::from_millis(1))),
+                None => None,
+            };
+            Some(Request::Register {
+                service: service.clone(),
+                addr: *addr,
+                weight: r.weight,
+                ttl,
+            })
+        });
+        let drains = self.drained.iter().map(|(service, addr)| Request::Drain {
+            service: service.clone(),
+            addr: *addr,
+        });
+        registers.chain(drains).collect()
+    }
+
     /// Forgets everything about endpoints for which `keep` is false (their
     /// service left the config, or a drained file endpoint was removed).
     pub fn retain(&mut self, keep: impl Fn(&EndpointKey, bool) -> bool) -> Vec<EndpointKey> {
@@ -153,6 +178,26 @@ impl Registrations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn it_should_replay_registrations_with_the_time_left_then_drains() {
+        let mut r = Registrations::default();
+        let now = Instant::now();
+        r.register(key(1), 2, Some(Duration::from_secs(10)), now);
+        r.register(key(2), 1, None, now);
+        r.register(key(3), 1, Some(Duration::from_secs(1)), now);
+        r.drain(key(2));
+        let later = now + Duration::from_secs(4);
+        let lines: Vec<String> = r.replay(later).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "register web 127.0.0.1:1 weight=2 ttl=6000ms",
+                "register web 127.0.0.1:2 weight=1",
+                "drain web 127.0.0.1:2",
+            ]
+        );
+    }
 
     fn key(port: u16) -> EndpointKey {
         ("web".to_string(), SocketAddr::from(([127, 0, 0, 1], port)))

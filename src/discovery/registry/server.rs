@@ -17,19 +17,20 @@
 
 use super::Handler;
 use super::protocol::{self, MAX_LINE};
-use crate::accept_gate::{Seat, accept_gated};
+use crate::accept_gate::{Seat, accept_gated, unless_paused};
 use crate::config::RegistryConfig;
+use crate::socket_file;
 use serde_json::{Value, json};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// How long one request line may take to arrive, from the moment the
 /// server waits for it (the connection opened, or the previous reply was
@@ -46,8 +47,6 @@ const BUSY_DEADLINE: Duration = Duration::from_secs(1);
 const ANSWER_THREADS: usize = 4;
 /// Bytes read at a time from a client (lines may be longer).
 const READ_BUFFER: usize = 1024;
-/// The longest path a Unix socket address holds (`sun_path` less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
 /// How long a reply may take to be written.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -75,10 +74,15 @@ pub enum RegistryError {
     },
 }
 
-/// The running registry socket; closing it removes the socket file.
+/// The running registry socket; closing it removes the socket file, unless
+/// told to keep it (see [`RegistryServer::keep_file`]).
 #[derive(Debug)]
 pub struct RegistryServer {
     path: PathBuf,
+    /// A copy of the listening socket, to hand to a new process.
+    socket: std::os::unix::net::UnixListener,
+    paused: watch::Sender<bool>,
+    keep_file: AtomicBool,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -97,23 +101,41 @@ impl RegistryServer {
             std::fs::create_dir_all(dir).map_err(create)?;
         }
         let listener = bind_with_mode(&path, config.mode).map_err(create)?;
-        listener.set_nonblocking(true).map_err(create)?;
+        log::info!(
+            "registry socket on {} (mode {:04o})",
+            path.display(),
+            config.mode
+        );
+        RegistryServer::serve(path.clone(), listener, control, false).map_err(create)
+    }
+
+    /// Serves `listener`, the socket at `path` (bound already, or taken
+    /// over from another process), paused from the start if `paused`.
+    pub fn serve(
+        path: PathBuf,
+        listener: std::os::unix::net::UnixListener,
+        control: Handler,
+        paused: bool,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let socket = listener.try_clone()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .max_blocking_threads(ANSWER_THREADS)
             .thread_name("l4mesh-registry-answer")
-            .build()
-            .map_err(create)?;
+            .build()?;
         let (stop, stopped) = oneshot::channel();
+        let (pause, paused) = watch::channel(paused);
         let thread = std::thread::Builder::new()
             .name("l4mesh-registry".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     match UnixListener::from_std(listener) {
                         Ok(listener) => {
+                            let run = || accept(&listener, control.clone());
                             tokio::select! {
-                                () = accept(listener, control) => {}
+                                () = unless_paused(paused, run) => {}
                                 _ = stopped => {}
                             }
                         }
@@ -122,15 +144,12 @@ impl RegistryServer {
                 });
                 // Answers still waiting for the controller are abandoned.
                 runtime.shutdown_timeout(Duration::from_millis(100));
-            })
-            .map_err(create)?;
-        log::info!(
-            "registry socket on {} (mode {:04o})",
-            path.display(),
-            config.mode
-        );
+            })?;
         Ok(RegistryServer {
             path,
+            socket,
+            paused: pause,
+            keep_file: AtomicBool::new(false),
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -139,6 +158,23 @@ impl RegistryServer {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The listening socket, for a new process to take over.
+    pub fn socket(&self) -> &std::os::unix::net::UnixListener {
+        &self.socket
+    }
+
+    /// Stops accepting (clients wait in the backlog) or starts again.
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Whether to leave the socket file in place when this server closes:
+    /// true while another process serves it too (a new one it was handed
+    /// to, or the old one it was taken over from).
+    pub fn keep_file(&self, keep: bool) {
+        self.keep_file.store(keep, Ordering::Relaxed);
     }
 }
 
@@ -150,7 +186,9 @@ impl Drop for RegistryServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep_file.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -174,45 +212,14 @@ fn remove_stale(path: &Path) -> Result<(), RegistryError> {
 }
 
 /// Binds a listening socket at `path` whose file has `mode` from the moment
-/// it appears there: it is bound in a fresh private (0700) directory beside
-/// `path`, given its mode, and renamed into place. Binding then chmod'ing in
-/// place would leave a window where the umask's mode applies; binding under
-/// a narrower umask would not, but the umask is process-wide and other
-/// threads create files meanwhile.
+/// it appears there (see [`socket_file::place`]).
 fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
-    let parent = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // Short names: the staged path must fit in a Unix socket address too.
-    let private = parent.join(format!(".l4m-{:08x}", fastrand::u32(..)));
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-    let staged = private.join("s");
-    // A Unix socket address holds at most 107 bytes of path, and the staged
-    // path may be longer than `path` itself: then bind through the
-    // directory's descriptor, whose /proc path is always short.
-    let directory;
-    let bind_at = if staged.as_os_str().len() <= MAX_SOCKET_PATH {
-        staged.clone()
-    } else {
-        directory = std::fs::File::open(&private)?;
-        PathBuf::from(format!("/proc/self/fd/{}/s", directory.as_raw_fd()))
-    };
-    let placed = std::os::unix::net::UnixListener::bind(&bind_at).and_then(|listener| {
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&staged, path)?;
-        Ok(listener)
-    });
-    if placed.is_err() {
-        let _ = std::fs::remove_file(&staged);
-    }
-    let _ = std::fs::remove_dir(&private);
-    placed
+    socket_file::place(path, mode, |at| std::os::unix::net::UnixListener::bind(at))
 }
 
 /// Accepts clients until the task is dropped; each is served on its own
 /// task while fewer than [`MAX_CLIENTS`] are.
-async fn accept(listener: UnixListener, control: Handler) {
+async fn accept(listener: &UnixListener, control: Handler) {
     let serve = |(stream, _), seat: Seat| {
         let control = control.clone();
         tokio::spawn(async move {
@@ -317,6 +324,7 @@ mod tests {
     use super::*;
     use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
     use std::mem::MaybeUninit;
+    use std::os::unix::fs::PermissionsExt;
 
     /// A fresh directory under the system temp dir.
     fn temp_dir() -> PathBuf {
