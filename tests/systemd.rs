@@ -87,6 +87,7 @@ fn it_should_ship_a_unit_file_that_systemd_analyze_accepts() {
         "RuntimeDirectory=l4mesh",
         "LimitNOFILE=",
         "WatchdogSec=",
+        "NotifyAccess=all",
     ] {
         assert!(text.contains(needed), "the unit lacks {needed}");
     }

@@ -41,6 +41,8 @@ use std::time::Duration;
 /// How long a new process may take from receiving the sockets to `ready`,
 /// and from `released` to `serving`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long telling an `l4mesh upgrade` client a step may take.
+const WATCHER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the running process hands over, and how it lets go of the parts
 /// the proxy does not own.
@@ -268,6 +270,8 @@ fn spawn(shared: &Arc<Shared>, channel: Channel, request: &Message) {
     let pid = child.id().to_string();
     log::info!("upgrade: started {binary} -c {config} as pid {pid}");
     let _ = channel.send(&["spawned", &pid, binary]);
+    // A watcher that stops reading must not hold the handover up.
+    let _ = channel.set_timeout(Some(WATCHER_TIMEOUT));
     shared
         .watchers
         .lock()

@@ -68,7 +68,8 @@ impl Channel {
         Ok(rustix::net::sockopt::socket_peercred(&self.fd)?)
     }
 
-    /// How long a receive may wait (`None`: for ever).
+    /// How long a receive or a send may wait (`None`: a receive for ever,
+    /// a send [`SEND_TIMEOUT`]).
     pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         use rustix::net::sockopt::{Timeout, set_socket_timeout};
         set_socket_timeout(&self.fd, Timeout::Recv, timeout)?;
