@@ -49,6 +49,11 @@ pub enum ListenerChange {
 /// Listener addresses as bound (with real ports), readable from any thread.
 pub type BoundAddrs = Arc<Mutex<BTreeMap<String, SocketAddr>>>;
 
+/// A copy of each current listener's sockets, to hand to a new process at
+/// an upgrade; emptied by a stop, so that the sockets close (and the kernel
+/// refuses clients) once the workers' accept loops let go of theirs.
+pub type HeldSockets = Arc<Mutex<BTreeMap<String, Vec<TcpListener>>>>;
+
 /// Listening sockets a new process took over from the old one, by address.
 pub type Inherited = HashMap<SocketAddr, Vec<TcpListener>>;
 
@@ -109,9 +114,7 @@ pub struct Listeners {
     /// The socket inodes of each current listener's sockets, which the
     /// check for other processes' listeners leaves out.
     inodes: BTreeMap<String, Vec<u64>>,
-    /// A copy of each current listener's sockets, to hand to a new process
-    /// at an upgrade.
-    held: BTreeMap<String, Vec<TcpListener>>,
+    held: HeldSockets,
     bound: BoundAddrs,
 }
 
@@ -123,7 +126,7 @@ impl Listeners {
             backlog,
             current: BTreeMap::new(),
             inodes: BTreeMap::new(),
-            held: BTreeMap::new(),
+            held: HeldSockets::default(),
             bound: BoundAddrs::default(),
         }
     }
@@ -131,6 +134,15 @@ impl Listeners {
     /// The shared map of bound addresses.
     pub fn bound(&self) -> BoundAddrs {
         Arc::clone(&self.bound)
+    }
+
+    /// The shared copies of the listeners' sockets (see [`HeldSockets`]).
+    pub fn held_sockets(&self) -> HeldSockets {
+        Arc::clone(&self.held)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<TcpListener>>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Binds every listener of `wanted` that is new or whose address
@@ -217,7 +229,7 @@ impl Listeners {
             }
             self.current.remove(&name);
             self.inodes.remove(&name);
-            self.held.remove(&name);
+            self.held().remove(&name);
             bound.remove(&name);
         }
         for Added {
@@ -239,7 +251,7 @@ impl Listeners {
                 }
             }
             let held = sockets.iter().flatten().filter_map(|s| s.try_clone().ok());
-            self.held.insert(listener.name.clone(), held.collect());
+            self.held().insert(listener.name.clone(), held.collect());
             for (worker, sockets) in self.workers.iter().zip(sockets) {
                 let name = listener.name.clone();
                 let _ = worker.send(ListenerChange::Add { name, sockets });
@@ -255,7 +267,7 @@ impl Listeners {
     /// process taking over.
     pub fn handover(&self) -> Vec<(SocketAddr, Vec<OwnedFd>)> {
         let bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
-        self.held
+        self.held()
             .iter()
             .filter_map(|(name, sockets)| {
                 let addr = *bound.get(name)?;

@@ -22,7 +22,7 @@ use crate::metrics::access_log::AccessLog;
 use crate::routing::{ConfigOnly, Snapshot, Table};
 use arc_swap::ArcSwap;
 use budget::{Budget, Sizing};
-use listeners::BoundAddrs;
+use listeners::{BoundAddrs, HeldSockets};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,18 +79,25 @@ pub enum StartError {
 
 /// Asks a running proxy to stop; cheap to clone and send to other threads.
 #[derive(Debug, Clone)]
-pub struct StopHandle(Arc<watch::Sender<bool>>);
+pub struct StopHandle {
+    stop: Arc<watch::Sender<bool>>,
+    held: HeldSockets,
+}
 
 impl StopHandle {
     /// Stops accepting, lets open connections finish up to `drain_timeout`,
     /// then closes the rest. Returns at once; [`Proxy::wait`] waits.
     pub fn stop(&self) {
-        self.0.send_replace(true);
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.stop.send_replace(true);
     }
 
     /// Whether a stop was asked for.
     pub fn is_stopping(&self) -> bool {
-        *self.0.borrow()
+        *self.stop.borrow()
     }
 }
 
@@ -240,7 +247,10 @@ impl Proxy {
         let (published, published_rx) = watch::channel(snapshot.generation);
         let table: Table = Arc::new(ArcSwap::from_pointee(snapshot));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stop = StopHandle(Arc::new(stop_tx));
+        let stop = StopHandle {
+            stop: Arc::new(stop_tx),
+            held: listeners.held_sockets(),
+        };
         let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
         let max_pipes = pipe_budget(limit, workers);
         let budget = connection_budget(
