@@ -359,11 +359,22 @@ fn it_should_upgrade_ten_times_under_load_without_refusing_resetting_or_losing_a
         "workers = 2\nforward = \"copy\"",
         "workers = 2",
     ];
-    let load = Load::start(addr, 4, 500);
+    // scripts/upgrade-soak.sh sets more upgrades and a higher rate.
+    let knob = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (upgrades, rate) = (
+        knob("L4MESH_UPGRADES", 10),
+        knob("L4MESH_UPGRADE_RATE", 2000),
+    );
+    let load = Load::start(addr, 4, (rate / 4) as u64);
     let mut streams = 0;
     let mut timings = Vec::new();
     let mut previous = old.child.id();
-    for (i, runtime) in next.iter().enumerate() {
+    for (i, runtime) in next.iter().cycle().take(upgrades).enumerate() {
         let file = write(
             &dir,
             &format!("gen{i}.toml"),
@@ -401,12 +412,26 @@ fn it_should_upgrade_ten_times_under_load_without_refusing_resetting_or_losing_a
             exit.as_secs_f64()
         );
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     eprintln!(
-        "10 upgrades: {} clients served, {} refused, {} reset, {} lost; {streams} streams intact",
-        tally.ok, tally.refused, tally.reset, tally.lost
+        "{upgrades} upgrades: {} clients served, {} refused, {} reset, {} lost; {streams} \
+         streams intact; median {:.3} s to the new process serving, {:.3} s to the old one's exit",
+        tally.ok,
+        tally.refused,
+        tally.reset,
+        tally.lost,
+        median(timings.iter().map(|t| t.0).collect()),
+        median(timings.iter().map(|t| t.1.as_secs_f64()).collect()),
     );
     assert_clean(&tally);
-    assert!(tally.ok > 2000, "only {} clients in the run", tally.ok);
+    assert!(
+        tally.ok as usize > upgrades * rate / 5,
+        "only {} clients in the run",
+        tally.ok
+    );
     // Every connection, in whichever process, is in the shared access log.
     signal_pid(previous, "TERM");
     eventually(Duration::from_secs(20), "the last process exits", || {

@@ -41,6 +41,8 @@ use std::time::Duration;
 /// How long a new process may take from receiving the sockets to `ready`,
 /// and from `released` to `serving`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the accept loop waits before it looks whether it was handed over.
+const ACCEPT_WAIT: Duration = Duration::from_millis(200);
 /// How long telling an `l4mesh upgrade` client a step may take.
 const WATCHER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -185,9 +187,11 @@ fn remove_stale(path: &Path) -> std::io::Result<()> {
 }
 
 fn accept_loop(shared: &Arc<Shared>) {
-    loop {
-        let channel = match wire::accept(&shared.listener) {
-            Ok(channel) => channel,
+    // Once handed over, the new process answers on the socket.
+    while !shared.handed_over.load(Ordering::Relaxed) {
+        let channel = match wire::accept(&shared.listener, ACCEPT_WAIT) {
+            Ok(Some(channel)) => channel,
+            Ok(None) => continue,
             Err(e) => {
                 log::warn!("upgrade socket: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));

@@ -133,12 +133,13 @@ impl AsFd for Channel {
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A listening upgrade socket bound at `path` with mode 0600 (owner only).
+/// It is non-blocking, in every process that holds it (see [`accept`]).
 pub fn listen(path: &Path) -> io::Result<OwnedFd> {
     crate::socket_file::place(path, 0o600, |at| {
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             None,
         )?;
         rustix::net::bind(&fd, &SocketAddrUnix::new(at)?)?;
@@ -147,10 +148,20 @@ pub fn listen(path: &Path) -> io::Result<OwnedFd> {
     })
 }
 
-/// Accepts one connection on the listening upgrade socket `listener`.
-pub fn accept(listener: &OwnedFd) -> io::Result<Channel> {
-    let fd = rustix::net::accept_with(listener, SocketFlags::CLOEXEC)?;
-    Ok(Channel::accepted(fd))
+/// Accepts one connection on the listening upgrade socket `listener`,
+/// waiting for one at most `within`: `None` if none came. The socket is
+/// shared with the process it was handed to (or taken from), so a process
+/// never blocks in accept(2), where it could take a client meant for the
+/// other after it has handed over; it waits in poll(2) and looks again.
+pub fn accept(listener: &OwnedFd, within: Duration) -> io::Result<Option<Channel>> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let timeout = Timespec::try_from(within).map_err(|_| io::ErrorKind::InvalidInput)?;
+    poll(&mut [PollFd::new(listener, PollFlags::IN)], Some(&timeout))?;
+    match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+        Ok(fd) => Ok(Some(Channel::accepted(fd))),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
