@@ -16,7 +16,7 @@ use crate::upgrade::{Handing, Received, Takeover, TakeoverError, UpgradeServer};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 
 /// Why the server could not start.
@@ -348,10 +348,15 @@ fn handing(
         Some(a) => Some((a.local_addr(), OwnedFd::from(a.socket().try_clone()?))),
         None => None,
     };
-    let (pause_registry, pause_admin, pause_gate) =
-        (registry.cloned(), admin.cloned(), gate.clone());
+    // Weak: the upgrade socket's thread outlives the server's parts, and
+    // the registry must still close (removing its file) when the server does.
+    let (pause_registry, pause_admin, pause_gate) = (
+        registry.map(Arc::downgrade),
+        admin.map(Arc::downgrade),
+        gate.clone(),
+    );
     let export = control.clone();
-    let kept = registry.cloned();
+    let kept = registry.map(Arc::downgrade);
     Ok(Handing {
         proxy: proxy.control(),
         stop: proxy.stop_handle(),
@@ -359,16 +364,16 @@ fn handing(
         admin: admin_fd,
         pause: Box::new(move |paused| {
             pause_gate.close(paused);
-            if let Some(r) = &pause_registry {
+            if let Some(r) = pause_registry.as_ref().and_then(Weak::upgrade) {
                 r.pause(paused);
             }
-            if let Some(a) = &pause_admin {
+            if let Some(a) = pause_admin.as_ref().and_then(Weak::upgrade) {
                 a.pause(paused);
             }
         }),
         export: Box::new(move || export.export().iter().map(ToString::to_string).collect()),
         handed_over: Box::new(move || {
-            if let Some(r) = &kept {
+            if let Some(r) = kept.as_ref().and_then(Weak::upgrade) {
                 r.keep_file(true);
             }
         }),

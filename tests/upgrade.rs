@@ -439,6 +439,10 @@ fn it_should_upgrade_ten_times_under_load_without_refusing_resetting_or_losing_a
     });
     let log = std::fs::read_to_string(dir.join("access.log")).unwrap();
     assert_eq!(log.lines().count() as u64, tally.ok + streams as u64);
+    // The last process removes the socket files it took over; none before did.
+    for socket in ["registry.sock", "upgrade.sock"] {
+        assert!(!dir.join(socket).exists(), "{socket} left behind");
+    }
 }
 
 #[test]
