@@ -66,6 +66,9 @@ impl Sizing {
     }
 }
 
+/// Free slots under which the budget counts as tight ([`Budget::is_tight`]).
+const TIGHT: usize = 64;
+
 /// The process-wide count of open clients against the capacity.
 #[derive(Debug)]
 pub struct Budget {
@@ -90,6 +93,13 @@ impl Budget {
     /// Whether one more client could be served now.
     pub fn has_room(&self) -> bool {
         self.used.load(Ordering::SeqCst) < self.sizing.capacity
+    }
+
+    /// Whether fewer than [`TIGHT`] clients more would fit: then an accept
+    /// armed ahead of its client could hold a slot that another listener
+    /// socket's waiting client needs (see `ring_accept.rs`).
+    pub fn is_tight(&self) -> bool {
+        self.used.load(Ordering::SeqCst) + TIGHT > self.sizing.capacity
     }
 
     /// A slot for one client, held until the slot is dropped; `None` at

@@ -115,18 +115,27 @@ pub struct Listeners {
     /// check for other processes' listeners leaves out.
     inodes: BTreeMap<String, Vec<u64>>,
     held: HeldSockets,
+    /// Whether to keep `held` (only with an upgrade socket to hand it over).
+    keep_copies: bool,
     bound: BoundAddrs,
 }
 
 impl Listeners {
-    /// No listeners yet; changes go to these workers.
-    pub fn new(workers: Vec<UnboundedSender<ListenerChange>>, backlog: u32) -> Listeners {
+    /// No listeners yet; changes go to these workers. With `keep_copies`,
+    /// a copy of each listener's sockets is kept for [`Listeners::handover`]
+    /// (a descriptor each).
+    pub fn new(
+        workers: Vec<UnboundedSender<ListenerChange>>,
+        backlog: u32,
+        keep_copies: bool,
+    ) -> Listeners {
         Listeners {
             workers,
             backlog,
             current: BTreeMap::new(),
             inodes: BTreeMap::new(),
             held: HeldSockets::default(),
+            keep_copies,
             bound: BoundAddrs::default(),
         }
     }
@@ -250,8 +259,10 @@ impl Listeners {
                     ),
                 }
             }
-            let held = sockets.iter().flatten().filter_map(|s| s.try_clone().ok());
-            self.held().insert(listener.name.clone(), held.collect());
+            if self.keep_copies {
+                let held = sockets.iter().flatten().filter_map(|s| s.try_clone().ok());
+                self.held().insert(listener.name.clone(), held.collect());
+            }
             for (worker, sockets) in self.workers.iter().zip(sockets) {
                 let name = listener.name.clone();
                 let _ = worker.send(ListenerChange::Add { name, sockets });

@@ -181,13 +181,19 @@ fn pipe_budget(limit: u64, workers: usize) -> usize {
 
 /// The connection budget for this descriptor limit (see [`budget`]),
 /// logged with how it was worked out.
-fn connection_budget(limit: u64, workers: usize, pipes_per_worker: Option<usize>) -> Arc<Budget> {
+fn connection_budget(
+    limit: u64,
+    workers: usize,
+    pipes_per_worker: Option<usize>,
+    to_open: u64,
+) -> Arc<Budget> {
     let pipe_fds = pipes_per_worker.map_or(0, |pipes| 2 * (pipes * workers) as u64);
     // Under a handful of descriptors open now (listeners, logs, the
     // registry socket), the guess for a process that cannot count them.
     // Counted by the process metrics' reader, whose /proc handles (opened
-    // here if not yet) then count among the descriptors open.
-    let open = ProcessStats::read().open_fds.unwrap_or(64);
+    // here if not yet) then count among the descriptors open; `to_open`
+    // are the ones that will be (the listeners' copies kept for an upgrade).
+    let open = ProcessStats::read().open_fds.unwrap_or(64) + to_open;
     let sizing = Sizing::new(limit, open, workers, pipe_fds);
     let pipes = if pipe_fds == 0 {
         String::new()
@@ -241,7 +247,9 @@ impl Proxy {
         let workers = config.runtime.workers;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
-        let listeners = Listeners::new(senders, config.runtime.backlog);
+        // Copies of the listening sockets are kept only to hand them over.
+        let upgrades = config.runtime.upgrade_socket.is_some();
+        let listeners = Listeners::new(senders, config.runtime.backlog, upgrades);
         let plan = listeners.prepare(&config.listeners, inherited)?;
         let snapshot = Snapshot::build(config, &ConfigOnly, None);
         let (published, published_rx) = watch::channel(snapshot.generation);
@@ -253,10 +261,16 @@ impl Proxy {
         };
         let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
         let max_pipes = pipe_budget(limit, workers);
+        let copies = if upgrades {
+            (config.listeners.len() * workers) as u64
+        } else {
+            0
+        };
         let budget = connection_budget(
             limit,
             workers,
             config.runtime.forward.splices().then_some(max_pipes),
+            copies,
         );
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
         let cpus = affinity::worker_cpus(&config.runtime.cpu_affinity, workers);

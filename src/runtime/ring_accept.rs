@@ -9,7 +9,11 @@
 //! taken before the accept is armed, so no client is accepted that could
 //! not be served; at capacity the loop waits for room and clients stay in
 //! the listen backlog. A listener's armed accept holds one slot per
-//! worker while it waits.
+//! worker while it waits. Near capacity ([`Budget::is_tight`]) that slot
+//! could be the last one, held by a socket with nobody queued while
+//! another socket's clients wait for it (they did, up to 40 s at a
+//! one-client budget): there the loop first waits until a client is
+//! queued (a ring `POLL_ADD`), as the epoll loop always does.
 //!
 //! A stop cancels the accept; a client the kernel accepted before the
 //! cancel took effect is still served.
@@ -37,6 +41,18 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        if budget.is_tight() {
+            let queued = tokio::select! {
+                queued = op::poll(socket.as_raw_fd(), libc::POLLIN as u32) => queued,
+                _ = stop.wait_for(|stopping| *stopping) => break,
+            };
+            if let Err(e) = queued {
+                if let Some(pause) = backoff(&e, &name) {
+                    timer::sleep_until(Instant::now() + pause).await;
+                }
+                continue;
+            }
+        }
         let Some(slot) = budget.take() else {
             tokio::select! {
                 () = budget.wait_for_room() => continue,
