@@ -103,7 +103,10 @@ impl<'a> CopyPump<'a> {
             (n, rest)
         };
         if let Some(buffer) = rest {
-            let written = write_all(to, &buffer, shared).await;
+            // Boxed: only a peer slower than its sender gets here, and the
+            // wait would otherwise make every connection's task larger
+            // (RSS per idle connection).
+            let written = Box::pin(write_all(to, &buffer, shared)).await;
             self.buffers.give_back(buffer);
             written.map_err(Failure::Write)?;
         }

@@ -60,8 +60,10 @@ pub enum Failure {
 
 /// Forwards `client` ↔ `upstream` with `pump` until both directions end,
 /// the connection idles for `idle_timeout` on `timer`'s clock, or `drain`
-/// turns true (then both are reset; see [`drive`]).
-pub async fn relay<T: Timer, S: Socket, P: Pump>(
+/// turns true (then both are reset; see [`both_ways`]). A plain function
+/// returning [`both_ways`]' future: an async one would keep a copy of the
+/// arguments in every connection's task.
+pub fn relay<T: Timer, S: Socket, P: Pump>(
     timer: &T,
     client: &S,
     upstream: &S,
@@ -69,8 +71,8 @@ pub async fn relay<T: Timer, S: Socket, P: Pump>(
     meters: Meters<'_>,
     idle_timeout: Duration,
     drain: watch::Receiver<bool>,
-) -> Outcome {
-    let direction = async |from: &_, to: &_, shared: &Shared, way, meter: &Counter| {
+) -> impl Future<Output = Outcome> {
+    let direction = async move |from: &_, to: &_, shared: &Shared, way, meter: &Counter| {
         run(from, to, pump, shared, way, meter).await
     };
     both_ways(
@@ -82,7 +84,6 @@ pub async fn relay<T: Timer, S: Socket, P: Pump>(
         drain,
         direction,
     )
-    .await
 }
 
 /// Moves `from` → `to` until EOF (then half-closes `to`) or an error (then

@@ -22,7 +22,6 @@ use super::io::Timer;
 use super::tcp_state::{Flow, Pair};
 use crate::routing::Counter;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -176,53 +175,42 @@ impl Direction {
 
 /// Runs `direction` (one way's loop: from, to, the shared state, which
 /// way, where its bytes are counted) both ways between `client` and
-/// `upstream` at once, under [`drive`]. Every relay, whatever moves its
-/// bytes, is this.
+/// `upstream` at once, until both end, or until the connection idles (on
+/// `timer`'s clock) or is drained: then both sockets are reset, which makes
+/// the pending waits and operations return, and both directions are
+/// awaited all the same (a pipe or buffer may be in the kernel's hands
+/// until then). Every relay, whatever moves its bytes, is this.
+///
+/// Its future is part of every connection's task, idle or not, so it is
+/// kept small: one async fn (each level of nesting keeps its own copy of
+/// the arguments), and the two directions pinned where they are made (a
+/// future moved from local to argument to local keeps room for itself at
+/// each step, which once tripled their share).
 pub async fn both_ways<T: Timer, S: AsFd>(
     timer: &T,
     client: &S,
     upstream: &S,
     meters: Meters<'_>,
     idle_timeout: Duration,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
     direction: impl AsyncFn(&S, &S, &Shared, Direction, &Counter) -> u64,
 ) -> Outcome {
     let shared = Shared::default();
-    let both = async {
+    let mut both = std::pin::pin!(async {
         tokio::join!(
             direction(client, upstream, &shared, Direction::FromClient, meters.rx),
             direction(upstream, client, &shared, Direction::ToClient, meters.tx)
         )
-    };
-    let (c, u) = (client.as_fd(), upstream.as_fd());
-    drive(timer, &shared, both, idle_timeout, drain, c, u).await
-}
-
-/// Runs both directions (`both`, which share `shared`) of the connection
-/// between `client` and `upstream` until they end, or until the connection
-/// idles (on `timer`'s clock) or is drained: then both sockets are reset,
-/// which makes the pending waits and operations return, and both
-/// directions are awaited all the same (a pipe or buffer may be in the
-/// kernel's hands until then).
-pub async fn drive<T: Timer>(
-    timer: &T,
-    shared: &Shared,
-    both: impl Future<Output = (u64, u64)>,
-    idle_timeout: Duration,
-    mut drain: watch::Receiver<bool>,
-    client: BorrowedFd<'_>,
-    upstream: BorrowedFd<'_>,
-) -> Outcome {
-    let sockets = Pair(client, upstream);
-    tokio::pin!(both);
+    });
+    let sockets = Pair(client.as_fd(), upstream.as_fd());
     let forced = tokio::select! {
-        (rx, tx) = &mut both => return outcome(rx, tx, None, shared),
-        () = idle(timer, shared, idle_timeout, sockets) => End::Idle,
+        (rx, tx) = &mut both => return outcome(rx, tx, None, &shared),
+        () = idle(timer, &shared, idle_timeout, sockets) => End::Idle,
         _ = drain.wait_for(|draining| *draining) => End::Drained,
     };
     sockets.reset();
     let (rx, tx) = both.await;
-    outcome(rx, tx, Some(forced), shared)
+    outcome(rx, tx, Some(forced), &shared)
 }
 
 fn outcome(rx: u64, tx: u64, forced: Option<End>, shared: &Shared) -> Outcome {

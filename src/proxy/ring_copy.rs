@@ -21,6 +21,7 @@ use super::ring::{self, op};
 use super::ring_stream::RingStream;
 use super::splice::SplicePump;
 use crate::routing::Counter;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -39,8 +40,9 @@ pub struct Spares<'a> {
 
 /// Forwards `client` ↔ `upstream` through the ring until both directions
 /// end, the connection idles for `idle_timeout` on `timer`'s clock, or
-/// `drain` turns true (see [`drive`]).
-pub async fn relay<T: Timer>(
+/// `drain` turns true (see [`both_ways`]; a plain function, as
+/// [`super::pump::relay`]).
+pub fn relay<T: Timer>(
     timer: &T,
     client: &RingStream,
     upstream: &RingStream,
@@ -48,8 +50,8 @@ pub async fn relay<T: Timer>(
     meters: Meters<'_>,
     idle_timeout: Duration,
     drain: watch::Receiver<bool>,
-) -> Outcome {
-    let direction = async |from: &_, to: &_, shared: &Shared, way, meter: &Counter| {
+) -> impl Future<Output = Outcome> {
+    let direction = async move |from: &_, to: &_, shared: &Shared, way, meter: &Counter| {
         pump(from, to, spares, shared, way, meter).await
     };
     both_ways(
@@ -61,7 +63,6 @@ pub async fn relay<T: Timer>(
         drain,
         direction,
     )
-    .await
 }
 
 /// A provided buffer taken out of the ring: it goes back when dropped

@@ -99,3 +99,34 @@ impl EventLoop for Ring {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::io::EventLoop;
+    use crate::routing::Counter;
+    use std::os::fd::OwnedFd;
+
+    /// Every idle connection's task holds its relay's future: a change that
+    /// grows it (a large local kept across an await, a future moved and so
+    /// stored twice) grows the memory of every connection. 4,208 bytes
+    /// before the two directions were pinned in place and the wrappers
+    /// stopped nesting async fns; 1,792 after.
+    #[test]
+    fn it_should_keep_the_relay_future_under_2_kib() {
+        let pumps = Pumps::new(ForwardMode::Auto, 16384, 65536, 10, 1);
+        let ring = Ring::new(ForwardMode::Auto, pumps);
+        let stream = || {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            RingStream::new(OwnedFd::from(socket))
+        };
+        let (rx, tx) = (Counter::default(), Counter::default());
+        let meters = Meters { rx: &rx, tx: &tx };
+        let (_drain_tx, drain) = watch::channel(false);
+        let relay = ring.relay(stream(), stream(), meters, Duration::from_secs(1), drain);
+        let size = std::mem::size_of_val(&relay);
+        // Never polled; its sockets close at once, with no ring here.
+        drop(relay);
+        assert!(size <= 2048, "the ring relay's future is {size} bytes");
+    }
+}

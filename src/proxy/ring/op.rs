@@ -77,6 +77,18 @@ impl<T: 'static> Op<T> {
         }
     }
 
+    /// Submits the one entry `entry`, keeping `keep` alive. A plain
+    /// function, so that an `async fn` awaiting the op keeps none of the
+    /// entry (64 bytes) in its future, as `submit(&mut [entry], ..).await`
+    /// would: the array is a temporary that lives across the await.
+    ///
+    /// # Safety
+    /// As for [`Op::submit`].
+    unsafe fn one(entry: squeue::Entry, keep: T) -> Op<T> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Op::submit(&mut [entry], 0, keep) }
+    }
+
     /// Asks the kernel to end the op early; it still completes (with
     /// `ECANCELED`, or with what it did before the cancel arrived).
     pub fn cancel(&self) {
@@ -185,6 +197,18 @@ pub async fn connect(
     timeout: Duration,
     nodelay: bool,
 ) -> io::Result<()> {
+    let (done, _) = submit_connect(fd, addr, timeout, nodelay).await;
+    done.into_result().map(|_| ())
+}
+
+/// The chain of [`connect`], submitted (a plain function, so that the
+/// entries are not kept in the future that awaits it).
+fn submit_connect(
+    fd: RawFd,
+    addr: &SockAddr,
+    timeout: Duration,
+    nodelay: bool,
+) -> Op<Box<ConnectArgs>> {
     let args = Box::new(ConnectArgs {
         addr: addr.clone(),
         timeout: types::Timespec::from(timeout),
@@ -196,7 +220,7 @@ pub async fn connect(
     let expire = opcode::LinkTimeout::new(&args.timeout).build();
     // The connect's completion is the op's; the others' are ignored. All
     // point into the boxed args, which the op keeps.
-    let op = if nodelay {
+    if nodelay {
         let set = opcode::SetSockOpt::new(
             types::Fd(fd),
             libc::IPPROTO_TCP as u32,
@@ -211,17 +235,15 @@ pub async fn connect(
     } else {
         // SAFETY: as above.
         unsafe { Op::submit(&mut [connect, expire], 0, args) }
-    };
-    let (done, _) = op.await;
-    done.into_result().map(|_| ())
+    }
 }
 
 /// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`); returns
 /// the events that are.
 pub async fn poll(fd: RawFd, events: u32) -> io::Result<u32> {
-    let mut entries = [opcode::PollAdd::new(types::Fd(fd), events).build()];
+    let entry = opcode::PollAdd::new(types::Fd(fd), events).build();
     // SAFETY: a poll points at nothing.
-    let (done, ()) = unsafe { Op::submit(&mut entries, 0, ()) }.await;
+    let (done, ()) = unsafe { Op::one(entry, ()) }.await;
     done.into_result()
 }
 
@@ -267,7 +289,7 @@ pub async unsafe fn send<T: Unpin + 'static>(
         .flags(libc::MSG_NOSIGNAL)
         .build();
     // SAFETY: forwarded from the caller.
-    let (done, owner) = unsafe { Op::submit(&mut [entry], 0, owner) }.await;
+    let (done, owner) = unsafe { Op::one(entry, owner) }.await;
     (done.into_result(), owner)
 }
 
@@ -280,7 +302,7 @@ pub async fn recv(fd: RawFd, mut buffer: Vec<u8>) -> (io::Result<u32>, Vec<u8>) 
         opcode::Recv::new(types::Fd(fd), buffer.as_mut_ptr(), buffer.capacity() as u32).build();
     // SAFETY: the entry points into the vector's heap memory, which the op
     // keeps and which does not move when the vector does.
-    let (done, mut buffer) = unsafe { Op::submit(&mut [entry], 0, buffer) }.await;
+    let (done, mut buffer) = unsafe { Op::one(entry, buffer) }.await;
     let result = done.into_result();
     if let Ok(n) = result {
         // SAFETY: the kernel initialised the first `n` bytes, and n <= capacity.
@@ -293,7 +315,7 @@ pub async fn recv(fd: RawFd, mut buffer: Vec<u8>) -> (io::Result<u32>, Vec<u8>) 
 pub async fn shutdown(fd: RawFd, how: i32) -> io::Result<()> {
     let entry = opcode::Shutdown::new(types::Fd(fd), how).build();
     // SAFETY: a shutdown points at nothing.
-    let (done, ()) = unsafe { Op::submit(&mut [entry], 0, ()) }.await;
+    let (done, ()) = unsafe { Op::one(entry, ()) }.await;
     done.into_result().map(|_| ())
 }
 
@@ -319,7 +341,7 @@ pub async fn read_eventfd(fd: RawFd) -> io::Result<u64> {
     let mut buf = Box::new([0u8; 8]);
     let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build();
     // SAFETY: the entry points into the boxed buffer the op keeps.
-    let (done, buf) = unsafe { Op::submit(&mut [entry], 0, buf) }.await;
+    let (done, buf) = unsafe { Op::one(entry, buf) }.await;
     done.into_result()?;
     Ok(u64::from_ne_bytes(*buf))
 }
