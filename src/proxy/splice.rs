@@ -106,6 +106,10 @@ impl Pump for SplicePump<'_> {
     }
 }
 
+/// Every splice: pages moved, not copied, where the kernel can; never
+/// blocking (readiness says when to call).
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
 /// What one splice chunk did.
 enum Spliced {
     /// Bytes moved (0: spurious readiness, now cleared).
@@ -125,13 +129,12 @@ async fn splice_chunk<S: Socket>(
     pipe: &Pipe,
     shared: &Shared,
 ) -> Result<Spliced, Failure> {
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut unspliced = false;
     // Every pipe slot holds at least a byte, so a fill of fewer bytes than
     // the pipe has slots did not stop on a full pipe: it took all the
     // socket had.
     let filled = read_draining(from, pipe.slots, || {
-        match splice(from, None, &pipe.write, None, pipe.capacity, flags) {
+        match splice(from, None, &pipe.write, None, pipe.capacity, FLAGS) {
             // splice(2) stops at TCP urgent data's mark and never passes it:
             // it answers EAGAIN, or 0 once the FIN is in, while bytes wait
             // behind the mark (and FIONREAD counts only those before it).
@@ -156,9 +159,7 @@ async fn splice_chunk<S: Socket>(
     // Drained at once if `to` takes it all; else the rest waits for room
     // in a boxed future: the wait would otherwise make every connection's
     // task larger (RSS per idle connection), and costs more than the box.
-    let left = match to.try_io(Interest::WRITABLE, || {
-        Ok(splice(&pipe.read, None, to, None, n, flags)?)
-    }) {
+    let left = match to.try_io(Interest::WRITABLE, || pour(pipe, to, n)) {
         Ok(m) => {
             shared.progress();
             n - m
@@ -172,6 +173,11 @@ async fn splice_chunk<S: Socket>(
     Ok(Spliced::Chunk(n))
 }
 
+/// One non-blocking splice of up to `len` bytes from `pipe` into `to`.
+fn pour<S: Socket>(pipe: &Pipe, to: &S, len: usize) -> io::Result<usize> {
+    Ok(splice(&pipe.read, None, to, None, len, FLAGS)?)
+}
+
 /// Splices the `left` bytes still in `pipe` into `to`, waiting for room.
 async fn drain<S: Socket>(
     to: &S,
@@ -179,13 +185,10 @@ async fn drain<S: Socket>(
     mut left: usize,
     shared: &Shared,
 ) -> Result<(), Failure> {
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     while left > 0 {
-        left -= when_ready(to, Interest::WRITABLE, || {
-            Ok(splice(&pipe.read, None, to, None, left, flags)?)
-        })
-        .await
-        .map_err(Failure::Write)?;
+        left -= when_ready(to, Interest::WRITABLE, || pour(pipe, to, left))
+            .await
+            .map_err(Failure::Write)?;
         // Every partial splice is progress: a slow reader drains a full
         // pipe for longer than idle_timeout.
         shared.progress();
