@@ -102,19 +102,23 @@ fn hello_failure(error: &HelloError) -> HelloFailure {
 /// `pending`, never letting it grow past `limit`. Returns the bytes read, 0
 /// at EOF. Nothing is added to `pending` unless the read returned: the
 /// future may be dropped at a deadline while it waits.
+///
+/// The read's buffer is on the stack of the call that reads, not in the
+/// future: a buffer kept across the wait would be part of every
+/// connection's task.
 async fn read_more<S: Socket>(
     client: &S,
     pending: &mut Vec<u8>,
     limit: usize,
 ) -> io::Result<usize> {
-    let mut chunk = [0u8; READ_CHUNK];
     let room = READ_CHUNK.min(limit.saturating_sub(pending.len())).max(1);
-    let n = when_ready(client, Interest::READABLE, || {
-        Ok(recv(client, &mut chunk[..room], RecvFlags::empty())?.0)
+    when_ready(client, Interest::READABLE, || {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = recv(client, &mut chunk[..room], RecvFlags::empty())?.0;
+        pending.extend_from_slice(&chunk[..n]);
+        Ok(n)
     })
-    .await?;
-    pending.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    .await
 }
 
 /// Writes `bytes` (a PROXY header l4mesh sends, and the client bytes read
@@ -130,4 +134,29 @@ pub async fn send_first<S: Socket>(upstream: &S, bytes: &[u8]) -> io::Result<()>
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read's buffer is not part of the future that waits for bytes (it
+    /// once was, 2 KiB of every connection's task).
+    #[test]
+    fn it_should_keep_no_read_buffer_in_the_waiting_future() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let mut pending = Vec::new();
+            let read = read_more(&client, &mut pending, READ_CHUNK);
+            let size = std::mem::size_of_val(&read);
+            assert!(size < READ_CHUNK / 4, "read_more's future is {size} bytes");
+        });
+    }
 }

@@ -128,18 +128,7 @@ pub async fn serve<L: EventLoop>(
     let stats = Arc::clone(&route.stats);
     let counts = stats.slot(worker.index);
     counts.accepted.add(1);
-    // Boxed: admission's state (the PROXY header and ClientHello reads,
-    // 5 KB) would otherwise be part of every connection's task for its
-    // whole life; one short-lived allocation per connection instead.
-    let admitted = Box::pin(admit(
-        &client,
-        route,
-        &snapshot,
-        &worker,
-        counts,
-        &mut record,
-    ))
-    .await;
+    let admitted = admit(&client, route, &snapshot, &worker, counts, &mut record).await;
     drop(snapshot);
     let admitted = match admitted {
         Ok(admitted) => admitted,
