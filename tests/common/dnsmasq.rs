@@ -6,7 +6,7 @@
 //! [`Dnsmasq::set`] restarts it on the same port and waits until it
 //! answers. Every record gets the same TTL (`--local-ttl`).
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ impl Dnsmasq {
     pub fn start(ttl: u32, records: &[String]) -> Dnsmasq {
         let mut last = String::new();
         for _ in 0..10 {
-            let port = free_port();
+            let port = super::restartable_port();
             let mut server = Dnsmasq {
                 port,
                 ttl,
@@ -143,17 +143,6 @@ impl Dnsmasq {
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A loopback port free for both UDP and TCP just now.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 

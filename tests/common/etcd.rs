@@ -7,7 +7,7 @@
 //! `ETCD_UNSUPPORTED_ARCH`; on other arches the harness sets it. 3.4 has no
 //! `--unsafe-no-fsync`.
 
-use super::{TempDir, free_port};
+use super::{TempDir, restartable_port};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ impl Etcd {
     pub fn start() -> Etcd {
         let mut last = String::new();
         for _ in 0..5 {
-            let (client_port, peer_port) = (free_port(), free_port());
+            let (client_port, peer_port) = (restartable_port(), restartable_port());
             let mut etcd = Etcd::new("solo", client_port, peer_port, String::new());
             etcd.cluster = format!("solo={}", etcd.peer_url());
             etcd.spawn();
@@ -332,7 +332,9 @@ impl Cluster {
     }
 
     fn try_start(n: usize) -> Result<Cluster, String> {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (restartable_port(), restartable_port()))
+            .collect();
         let cluster: Vec<String> = ports
             .iter()
             .enumerate()

@@ -564,7 +564,25 @@ pub fn member_state(table: &l4mesh::routing::Table, service: &str, addr: SocketA
     member.state().label().to_string()
 }
 
-/// A loopback TCP port free just now.
+/// A loopback port free just now for both TCP and UDP, for a server a test
+/// stops and starts again on the same port (dnsmasq, etcd): from 20000 to
+/// 32767, below the kernel's ephemeral range (32768 up) from which every
+/// `bind(0)` and outgoing connection of every test takes its port, so none
+/// can take it while the server is down. (Peers that are never restarted
+/// take 10000 to 19999, `peers::free_addr`.)
+pub fn restartable_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20_000..32_768);
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+/// A loopback TCP port free just now (from the ephemeral range: see
+/// [`restartable_port`] for a server that is restarted on it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use super::common::free_port;
+use super::common::{free_port, restartable_port};
 use etcd_client::{Client, CompactionOptions, GetOptions, PutOptions, Txn, TxnOp};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -47,8 +47,8 @@ impl Etcd {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client: free_port(),
-                peer: free_port(),
+                client: restartable_port(),
+                peer: restartable_port(),
                 dir: root.join(format!("m{i}")),
                 child: None,
             })
