@@ -475,8 +475,13 @@ fn the_proxy_follows_a_three_member_cluster_through_the_death_of_each_member_and
         etcdctl(&alive.join(","), &["put", &key(backends[i + 1]), ""]);
         let put = Instant::now();
         let expected: BTreeSet<u8> = (0..=i as u8 + 1).map(|t| b'0' + t).collect();
+        // A member's death can leave the cluster without a leader for a
+        // few seconds, during which l4mesh's attempts fail and its backoff
+        // grows: its next one may come up to the 5 s cap (+20% jitter) after
+        // the put, then take dial_timeout + 1 s to connect and 1 s to start
+        // the watch, 8.5 s in all.
         eventually(
-            Duration::from_secs(8),
+            Duration::from_secs(15),
             &format!("member m{i} killed: the change is seen"),
             || tags(web, 12) == expected,
         );
