@@ -108,10 +108,7 @@ fn serve(
     slot: Slot,
 ) {
     let (name, worker) = (Arc::clone(name), Rc::clone(worker));
-    tokio::task::spawn_local(async move {
-        session::serve(client, peer, name, worker).await;
-        drop(slot);
-    });
+    tokio::task::spawn_local(session::serve(client, peer, name, worker, slot));
 }
 
 async fn handle_error(error: &io::Error, name: &str) {

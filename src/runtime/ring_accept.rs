@@ -94,8 +94,7 @@ fn serve(
 ) {
     let client = RingStream::new(fd);
     let (name, worker) = (Arc::clone(name), Rc::clone(worker));
-    drop(ring::spawn(async move {
-        session::serve(client, peer, name, worker).await;
-        drop(slot);
-    }));
+    drop(ring::spawn(session::serve(
+        client, peer, name, worker, slot,
+    )));
 }
