@@ -155,7 +155,9 @@ impl Nginx {
             .arg("-c")
             .arg(&file)
             .arg("-g")
-            .arg("daemon off;");
+            // One process, the one killed on drop: a master killed with
+            // SIGKILL would leave its worker serving on, orphaned.
+            .arg("daemon off; master_process off;");
         let peer = Peer::spawn("nginx", command, dir);
         wait_listening(listening, "nginx");
         Nginx(peer)
