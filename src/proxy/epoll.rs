@@ -89,21 +89,15 @@ impl EventLoop for Epoll {
 mod tests {
     use super::*;
     use crate::config::ForwardMode;
+    use crate::proxy::test_streams::connected_pair;
     use crate::routing::Counter;
 
     /// As the ring's (see `uring.rs`): every idle connection's task holds
     /// its relay's future (2,816 bytes before, 2,000 after).
     #[test]
     fn it_should_keep_the_relay_future_under_2_kib() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (runtime, client, upstream) = connected_pair();
         runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let client = TcpStream::connect(addr).await.unwrap();
-            let (upstream, _) = listener.accept().await.unwrap();
             let pumps = Pumps::new(ForwardMode::Auto, 16384, 65536, 10, 1);
             let epoll = Epoll::new(pumps);
             let (rx, tx) = (Counter::default(), Counter::default());

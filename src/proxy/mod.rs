@@ -20,4 +20,6 @@ pub mod ring_stream;
 pub mod session;
 pub mod splice;
 mod tcp_state;
+#[cfg(test)]
+mod test_streams;
 pub mod uring;

@@ -139,20 +139,14 @@ pub async fn send_first<S: Socket>(upstream: &S, bytes: &[u8]) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::test_streams::connected_pair;
 
     /// A read's buffer is not part of the future that waits for bytes (it
     /// once was, 2 KiB of every connection's task).
     #[test]
     fn it_should_keep_no_read_buffer_in_the_waiting_future() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (runtime, client, _accepted) = connected_pair();
         runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
             let mut pending = Vec::new();
             let read = read_more(&client, &mut pending, READ_CHUNK);
             let size = std::mem::size_of_val(&read);

@@ -413,6 +413,7 @@ mod tests {
     use crate::proxy::epoll::Epoll;
     use crate::proxy::pump::Pumps;
     use crate::proxy::ring_stream::RingStream;
+    use crate::proxy::test_streams::connected_pair;
     use crate::proxy::uring::Ring;
     use crate::routing::{ConfigOnly, Snapshot};
     use arc_swap::ArcSwap;
@@ -443,15 +444,8 @@ mod tests {
     #[test]
     fn it_should_keep_each_connections_task_small_on_either_loop() {
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (runtime, client, _accepted) = connected_pair();
         let epoll = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
             let task = serve(client, peer, "l".into(), worker(Epoll::new(pumps())), ());
             std::mem::size_of_val(&task)
         });
