@@ -167,8 +167,7 @@ pub fn serve<L: EventLoop, H>(
             match connect::establish(&worker.io, &service, client_addr, worker.index).await {
                 Ok(connected) => connected,
                 Err(failed) => {
-                    let at = (id, client_addr, &*listener);
-                    connect_failed(failed, &service, worker.index, at, &mut record);
+                    connect_failed(failed, &service, worker.index, &mut record);
                     finish(record, started, counts, &worker);
                     return;
                 }
@@ -243,15 +242,10 @@ pub fn serve<L: EventLoop, H>(
     }
 }
 
-/// Counts and logs a client that no endpoint of `service` took, connection
-/// `id` from `client` on `listener`, and notes it in `record`.
-fn connect_failed(
-    failed: Failed,
-    service: &Service,
-    worker: usize,
-    (id, client, listener): (ConnId, SocketAddr, &str),
-    record: &mut Record,
-) {
+/// Counts and logs a client (the one `record` is of) that no endpoint of
+/// `service` took, and notes it in `record`.
+fn connect_failed(failed: Failed, service: &Service, worker: usize, record: &mut Record) {
+    let (id, client, listener) = (record.id, record.client, Arc::clone(&record.listener));
     let Failed { attempts, panic } = failed;
     if attempts.is_empty() {
         service.stats.slot(worker).no_endpoint.add(1);
