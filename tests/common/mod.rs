@@ -571,8 +571,13 @@ pub fn member_state(table: &l4mesh::routing::Table, service: &str, addr: SocketA
 /// can take it while the server is down. (Peers that are never restarted
 /// take 10000 to 19999, `peers::free_addr`.)
 pub fn restartable_port() -> u16 {
+    free_port_in(20_000..32_768)
+}
+
+/// A loopback port from `range` free just now for both TCP and UDP.
+pub fn free_port_in(range: std::ops::Range<u16>) -> u16 {
     loop {
-        let port = fastrand::u16(20_000..32_768);
+        let port = fastrand::u16(range.clone());
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
             && TcpListener::bind(("127.0.0.1", port)).is_ok()
         {

@@ -84,12 +84,7 @@ fn wait_listening(addr: SocketAddr, what: &str) {
 /// takes the port another test freed for a moment to restart its server on
 /// (dnsmasq's, say).
 pub fn free_addr() -> SocketAddr {
-    loop {
-        let addr = SocketAddr::from(([127, 0, 0, 1], fastrand::u16(10_000..20_000)));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
+    SocketAddr::from(([127, 0, 0, 1], super::free_port_in(10_000..20_000)))
 }
 
 /// HAProxy in the foreground, logging each connection (tcplog) to stdout.
